@@ -1,0 +1,3 @@
+from leukoshift.cli import main
+
+main()

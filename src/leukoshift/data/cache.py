@@ -1,0 +1,139 @@
+"""Decode once: a manifest at one image size becomes one memory-mapped uint8 array.
+
+JPEG decoding and per-sample PIL work starve a GPU; here every image is decoded,
+framed (:func:`prepare_image`) and resized exactly once, into ``(N, 3, S, S)`` uint8,
+and every later run reads that array. The file name is a hash of the manifest's images
+(path and sha1, in order) and the preprocessing, so a changed manifest or setting gets a
+new cache and an unchanged one is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from leukoshift.config import ImageConfig
+from leukoshift.data.images import ImageReadError, load_rgb, prepare_image
+from leukoshift.data.manifest import Manifest
+from leukoshift.domain.centre import LOCATOR_VERSION
+from leukoshift.progress import progress_iter
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir(manifest: Manifest) -> Path:
+    env = os.environ.get("LEUKOSHIFT_CACHE")
+    if env:
+        return Path(env)
+    base = manifest.file.parent if manifest.file is not None else Path.cwd()
+    return base / ".cache"
+
+
+def cache_key(manifest: Manifest, cfg: ImageConfig) -> str:
+    settings = {
+        "v": CACHE_VERSION,
+        "size": cfg.size,
+        "preprocess": cfg.preprocess,
+    }
+    if cfg.preprocess != "resize":
+        settings.update(
+            margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction, locator=LOCATOR_VERSION
+        )
+    h = hashlib.sha1(manifest.digest().encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return f"{cfg.preprocess}{cfg.size}-{h.hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class CachedArray:
+    """A built cache: the array path, located boxes (centre modes) and failed rows."""
+
+    path: Path
+    n: int
+    size: int
+    boxes: np.ndarray | None  # (N, 5): x0, y0, x1, y1, found
+    failed: tuple[int, ...]
+
+    def open(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _load_existing(path: Path, n: int) -> CachedArray | None:
+    meta_path = _meta_path(path)
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        boxes_path = path.with_suffix(".boxes.npy")
+        boxes = np.load(boxes_path) if boxes_path.is_file() else None
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, json.JSONDecodeError):
+        return None
+    if arr.shape[0] != n or meta.get("n") != n:
+        return None
+    return CachedArray(path, n, int(meta["size"]), boxes, tuple(meta.get("failed", ())))
+
+
+def build_cache(
+    manifest: Manifest,
+    cfg: ImageConfig,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> CachedArray:
+    """Return the cache of ``manifest`` at ``cfg``, building it if it does not exist yet.
+
+    Rows that fail to decode are zero images listed in ``failed`` (and printed): the
+    row order always matches the manifest, and callers drop failed rows explicitly.
+    """
+    cache_dir = Path(cache_dir or cfg.cache_dir or default_cache_dir(manifest))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{cache_key(manifest, cfg)}.npy"
+    n = len(manifest)
+    existing = _load_existing(path, n)
+    if existing is not None:
+        return existing
+
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, cfg.size, cfg.size))
+    boxes = np.zeros((n, 5), dtype=np.int32) if cfg.preprocess != "resize" else None
+    failed: list[int] = []
+
+    def work(i_path: tuple[int, Path]) -> tuple[int, np.ndarray | str, object]:
+        i, p = i_path
+        try:
+            img, box = prepare_image(load_rgb(p), cfg)
+        except ImageReadError as exc:
+            return i, str(exc), None
+        return i, img, box
+
+    paths = list(enumerate(manifest.abs_paths))
+    label = f"cache {manifest.file.name if manifest.file else 'images'} @ {cfg.size}px {cfg.preprocess}"
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for i, img, box in progress_iter(pool.map(work, paths), total=n, label=label, enabled=progress):
+            if isinstance(img, str):
+                failed.append(i)
+                print(f"skipped: {img}")
+                continue
+            out[i] = img.transpose(2, 0, 1)
+            if boxes is not None and box is not None:
+                boxes[i] = (box.x0, box.y0, box.x1, box.y1, int(box.found))  # type: ignore[attr-defined]
+    out.flush()
+    del out
+    if boxes is not None:
+        np.save(path.with_suffix(".boxes.npy"), boxes)
+    meta = {"n": n, "size": cfg.size, "preprocess": cfg.preprocess, "failed": failed,
+            "manifest": str(manifest.file) if manifest.file else None}
+    _meta_path(path).write_text(json.dumps(meta))
+    os.replace(tmp, path)  # atomic: an interrupted build leaves no half cache behind
+    return CachedArray(path, n, cfg.size, boxes, tuple(failed))

@@ -1,0 +1,98 @@
+"""Reading any image a lab may hand us as 8-bit RGB, and making it the model's square input.
+
+Every entry point (cache building, ``predict``, the app) goes through :func:`load_rgb`
+and :func:`prepare_image`, so a cell is framed the same way in training and in use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from leukoshift.config import ImageConfig
+from leukoshift.errors import UserError
+from leukoshift.domain.centre import Box, blank_background, centre_crop, locate_cell
+
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+
+
+class ImageReadError(UserError):
+    """An input that cannot be read as an image, phrased as one line naming it."""
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale 16-bit / float pixels to 0-255 by their own range (microscopes write 12-16 bit)."""
+    if arr.dtype == np.uint8:
+        return arr
+    arr = arr.astype(np.float64)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    if arr.dtype.kind in "ui" or hi > 1.0:
+        top = 65535.0 if hi > 4095 else 4095.0 if hi > 255 else 255.0
+        return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> (H, W, 3) uint8; transparency composited on white."""
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(im))
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+def load_rgb(source: Path | str | IO[bytes]) -> np.ndarray:
+    """Decode a file (or file-like object) to (H, W, 3) uint8 RGB."""
+    name = getattr(source, "name", source)
+    try:
+        with Image.open(source) as im:
+            im.load()
+            return pil_to_rgb(im)
+    except UnidentifiedImageError:
+        pass
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{name}: corrupt image ({exc})") from None
+    # Multi-channel 16-bit TIFFs are beyond PIL; tifffile reads them.
+    if str(name).lower().endswith((".tif", ".tiff")):
+        try:
+            import tifffile
+
+            arr = tifffile.imread(source)
+        except Exception as exc:  # tifffile raises many types for bad files
+            raise ImageReadError(f"{name}: unreadable TIFF ({exc})") from None
+        arr = np.squeeze(arr)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+            arr = np.moveaxis(arr, 0, -1)
+        if arr.ndim != 3 or arr.shape[-1] < 3:
+            raise ImageReadError(f"{name}: TIFF of shape {arr.shape} is not an RGB image")
+        return _to_uint8(arr[..., :3])
+    raise ImageReadError(f"{name}: not an image (unrecognised format)")
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Whole image to ``size`` x ``size`` (aspect not kept: the published resize)."""
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
+
+
+def prepare_image(rgb: np.ndarray, cfg: ImageConfig) -> tuple[np.ndarray, Box | None]:
+    """Raw RGB -> the (size, size, 3) uint8 model input, and the located cell box (if any)."""
+    if cfg.preprocess == "resize":
+        return resize_square(rgb, cfg.size), None
+    box = locate_cell(rgb)
+    if cfg.preprocess == "background":
+        rgb = blank_background(rgb, box)
+    crop = centre_crop(rgb, box, margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction)
+    return resize_square(crop, cfg.size), box
