@@ -18,6 +18,7 @@ import numpy as np
 
 from leukoshift.errors import UserError
 
+# fmt: off
 FINE_CLASSES: tuple[str, ...] = (
     "SNE", "BNE", "MMY", "MY", "PMY", "EO", "BA", "LY", "MO", "ERB", "PLT",
 )
@@ -44,6 +45,7 @@ GROUP_NAMES: dict[str, str] = {
     "NE": "neutrophil", "IG": "immature granulocyte", "EO": "eosinophil", "BA": "basophil",
     "LY": "lymphocyte", "MO": "monocyte", "ERB": "erythroblast", "PLT": "platelet",
 }
+# fmt: on
 #: Codes that only exist as a group (a row may carry them when its source is not finer).
 COARSE_CODES: tuple[str, ...] = ("NE", "IG")
 #: Every code a manifest row may carry, in a fixed order: label indices point into this.
@@ -113,7 +115,7 @@ def label_mask(dtype: type = np.float32) -> np.ndarray:
     Summing fine probabilities with this matrix gives each label's probability, which is
     how coarse rows enter the loss and how predictions are scored at the group level.
     """
-    mask = np.zeros((len(LABEL_CODES), len(FINE_CLASSES)), dtype=dtype)
+    mask: np.ndarray = np.zeros((len(LABEL_CODES), len(FINE_CLASSES)), dtype=dtype)
     for i, code in enumerate(LABEL_CODES):
         for member in members(code):
             mask[i, FINE_INDEX[member]] = 1
@@ -122,7 +124,7 @@ def label_mask(dtype: type = np.float32) -> np.ndarray:
 
 def group_matrix(dtype: type = np.float32) -> np.ndarray:
     """(11, 8) matrix mapping fine probabilities to group probabilities."""
-    mat = np.zeros((len(FINE_CLASSES), len(GROUPS)), dtype=dtype)
+    mat: np.ndarray = np.zeros((len(FINE_CLASSES), len(GROUPS)), dtype=dtype)
     for i, code in enumerate(FINE_CLASSES):
         mat[i, GROUP_INDEX[GROUP_OF[code]]] = 1
     return mat
@@ -137,6 +139,7 @@ def group_probs(fine_probs: np.ndarray) -> np.ndarray:
 # Per-source aliases: the names publishers use, mapped to codes. ``None`` marks a class
 # that is recorded (so the row is not lost) but lies outside the 11 classes.
 
+# fmt: off
 PBC_PREFIXES: dict[str, str] = {
     "BA": "BA", "EO": "EO", "ERB": "ERB", "MMY": "MMY", "MY": "MY", "PMY": "PMY",
     "IG": "IG", "LY": "LY", "MO": "MO", "SNE": "SNE", "BNE": "BNE",
@@ -175,6 +178,7 @@ FOLDER_NAMES: dict[str, str] = {
     "erythroblast": "ERB", "erythroblasts": "ERB", "erb": "ERB", "nrbc": "ERB",
     "platelet": "PLT", "platelets": "PLT", "plt": "PLT", "thrombocyte": "PLT",
 }
+# fmt: on
 
 
 def _key(name: str) -> str:
@@ -205,13 +209,21 @@ def folder_label(name: str, label_map: dict[str, str | None] | None = None) -> s
     return code
 
 
-def validate_codes(codes: Iterable[str]) -> None:
-    bad = sorted({c for c in codes if c and c not in LABEL_INDEX})
+def _as_code(value: object) -> str:
+    """A label cell as text: None / NaN (what pandas gives for an empty cell) -> ""."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def validate_codes(codes: Iterable[object]) -> None:
+    bad = sorted({c for c in map(_as_code, codes) if c and c not in LABEL_INDEX})
     if bad:
         raise LabelError(f"unknown label code(s) {', '.join(bad)}; valid: {', '.join(LABEL_CODES)}")
 
 
-def label_indices(codes: Sequence[str]) -> np.ndarray:
-    """Label indices into :data:`LABEL_CODES`, -1 for unlabeled (empty) rows."""
-    validate_codes(codes)
-    return np.array([LABEL_INDEX[c] if c else -1 for c in codes], dtype=np.int64)
+def label_indices(codes: Sequence[object]) -> np.ndarray:
+    """Label indices into :data:`LABEL_CODES`, -1 for unlabeled (empty / missing) rows."""
+    text = [_as_code(c) for c in codes]
+    validate_codes(text)
+    return np.array([LABEL_INDEX[c] if c else -1 for c in text], dtype=np.int64)

@@ -36,7 +36,7 @@ def default_cache_dir(manifest: Manifest) -> Path:
 
 
 def cache_key(manifest: Manifest, cfg: ImageConfig) -> str:
-    settings = {
+    settings: dict[str, object] = {
         "v": CACHE_VERSION,
         "size": cfg.size,
         "preprocess": cfg.preprocess,
@@ -81,7 +81,48 @@ def _load_existing(path: Path, n: int) -> CachedArray | None:
         return None
     if arr.shape[0] != n or meta.get("n") != n:
         return None
+    if meta.get("preprocess") != "resize" and boxes is None:
+        return None  # a centring cache without its boxes is incomplete
     return CachedArray(path, n, int(meta["size"]), boxes, tuple(meta.get("failed", ())))
+
+
+def _fill(
+    tmp: Path, manifest: Manifest, cfg: ImageConfig, workers: int | None, progress: bool
+) -> tuple[list[int], np.ndarray | None]:
+    """Decode every row into a new array file; returns the failed rows and located boxes."""
+    n = len(manifest)
+    out = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.uint8, shape=(n, 3, cfg.size, cfg.size)
+    )
+    boxes = np.zeros((n, 5), dtype=np.int32) if cfg.preprocess != "resize" else None
+    failed: list[int] = []
+
+    def work(i_path: tuple[int, Path]) -> tuple[int, np.ndarray | str, object]:
+        i, p = i_path
+        try:
+            img, box = prepare_image(load_rgb(p), cfg)
+        except ImageReadError as exc:
+            return i, str(exc), None
+        return i, img, box
+
+    paths = list(enumerate(manifest.abs_paths))
+    label = (
+        f"cache {manifest.file.name if manifest.file else 'images'} @ {cfg.size}px {cfg.preprocess}"
+    )
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for i, img, box in progress_iter(
+            pool.map(work, paths), total=n, label=label, enabled=progress
+        ):
+            if isinstance(img, str):
+                failed.append(i)
+                print(f"skipped: {img}")
+                continue
+            out[i] = img.transpose(2, 0, 1)
+            if boxes is not None and box is not None:
+                boxes[i] = (box.x0, box.y0, box.x1, box.y1, int(box.found))  # type: ignore[attr-defined]
+    out.flush()
+    del out
+    return failed, boxes
 
 
 def build_cache(
@@ -104,36 +145,29 @@ def build_cache(
     if existing is not None:
         return existing
 
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, cfg.size, cfg.size))
-    boxes = np.zeros((n, 5), dtype=np.int32) if cfg.preprocess != "resize" else None
-    failed: list[int] = []
-
-    def work(i_path: tuple[int, Path]) -> tuple[int, np.ndarray | str, object]:
-        i, p = i_path
-        try:
-            img, box = prepare_image(load_rgb(p), cfg)
-        except ImageReadError as exc:
-            return i, str(exc), None
-        return i, img, box
-
-    paths = list(enumerate(manifest.abs_paths))
-    label = f"cache {manifest.file.name if manifest.file else 'images'} @ {cfg.size}px {cfg.preprocess}"
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for i, img, box in progress_iter(pool.map(work, paths), total=n, label=label, enabled=progress):
-            if isinstance(img, str):
-                failed.append(i)
-                print(f"skipped: {img}")
-                continue
-            out[i] = img.transpose(2, 0, 1)
-            if boxes is not None and box is not None:
-                boxes[i] = (box.x0, box.y0, box.x1, box.y1, int(box.found))  # type: ignore[attr-defined]
-    out.flush()
-    del out
-    if boxes is not None:
-        np.save(path.with_suffix(".boxes.npy"), boxes)
-    meta = {"n": n, "size": cfg.size, "preprocess": cfg.preprocess, "failed": failed,
-            "manifest": str(manifest.file) if manifest.file else None}
-    _meta_path(path).write_text(json.dumps(meta))
-    os.replace(tmp, path)  # atomic: an interrupted build leaves no half cache behind
+    # Everything is written under temporary names and renamed into place, the metadata
+    # last: a reader (another DDP rank, a second run) sees a complete cache or none.
+    tag = f".tmp{os.getpid()}"
+    tmp = path.with_name(f"{path.stem}{tag}.npy")
+    boxes_path = path.with_suffix(".boxes.npy")
+    tmp_boxes = path.with_name(f"{path.stem}.boxes{tag}.npy")
+    tmp_meta = path.with_name(f"{path.stem}{tag}.json")
+    try:
+        failed, boxes = _fill(tmp, manifest, cfg, workers, progress)
+        if boxes is not None:
+            np.save(tmp_boxes, boxes)
+            os.replace(tmp_boxes, boxes_path)
+        os.replace(tmp, path)
+        meta = {
+            "n": n,
+            "size": cfg.size,
+            "preprocess": cfg.preprocess,
+            "failed": failed,
+            "manifest": str(manifest.file) if manifest.file else None,
+        }
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, _meta_path(path))
+    finally:
+        for leftover in (tmp, tmp_boxes, tmp_meta):
+            leftover.unlink(missing_ok=True)
     return CachedArray(path, n, cfg.size, boxes, tuple(failed))

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from leukoshift.config import ImageConfig
-from leukoshift.errors import UserError
 from leukoshift.domain.centre import Box, blank_background, centre_crop, locate_cell
+from leukoshift.errors import UserError
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 
@@ -84,7 +84,9 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """Whole image to ``size`` x ``size`` (aspect not kept: the published resize)."""
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
+    return np.asarray(
+        Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    )
 
 
 def prepare_image(rgb: np.ndarray, cfg: ImageConfig) -> tuple[np.ndarray, Box | None]:

@@ -99,17 +99,30 @@ def load_table(
 ) -> ImageTable:
     """Read manifests, build (or reuse) their caches, keep the selected rows.
 
-    Rows whose image failed to decode are dropped with a printed count; ``source_names``
-    fixes the source vocabulary (e.g. a checkpoint's) instead of the sources present.
+    Rows whose image failed to decode are dropped with a printed count, and so are rows
+    byte-identical to an image of an excluded source; ``source_names`` fixes the source
+    vocabulary (e.g. a checkpoint's) instead of the sources present.
     """
     if not manifests:
         raise ManifestError("no manifest given")
+    read = [read_manifest(path) for path in manifests]
+    # An excluded lab stays unseen: byte-identical copies of its images under another
+    # source are excluded with it (a held-out test image must not leak into training).
+    excluded_sha1 = {
+        sha for m in read for sha in m.frame.loc[m.frame["source"].isin(list(exclude_sources)), "sha1"] if sha
+    }
     frames, arrays, parts, locals_ = [], [], [], []
     size = image.size
-    for part, path in enumerate(manifests):
-        manifest = read_manifest(path)
+    for part, (path, manifest) in enumerate(zip(manifests, read, strict=True)):
         cache = build_cache(manifest, image, progress=progress)
-        mask = manifest.mask(split=split, sources=sources, exclude_sources=exclude_sources, labelled=labelled)
+        mask = manifest.mask(
+            split=split, sources=sources, exclude_sources=exclude_sources, labelled=labelled
+        )
+        if excluded_sha1:
+            copies = mask & manifest.frame["sha1"].isin(excluded_sha1).to_numpy()
+            if copies.any():
+                print(f"{path}: {int(copies.sum())} row(s) left out: identical to images of excluded source(s)")
+            mask &= ~copies
         mask[list(cache.failed)] = False
         if cache.failed:
             print(f"{path}: {len(cache.failed)} row(s) could not be decoded and are left out")
@@ -172,6 +185,11 @@ class ShardedBatchSampler(Sampler[list[int]]):
     ) -> None:
         if n <= 0:
             raise ValueError("no rows to sample from")
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, "
+                f"got batch_size={batch_size}, rank={rank}, world_size={world_size}"
+            )
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
         per_rank = math.ceil(n / world_size)
@@ -194,8 +212,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         else:
             order = np.arange(self.n)
         total = self.per_rank * self.world_size
-        if total > self.n:
-            order = np.concatenate([order, order[: total - self.n]])
+        # Wrap around (repeatedly, when there are fewer rows than ranks) to even out ranks.
+        order = np.resize(order, total)
         mine = order[self.rank : total : self.world_size]
         for b in range(self.num_batches):
             batch = mine[b * self.batch_size : (b + 1) * self.batch_size]
@@ -215,7 +233,9 @@ def make_loader(
     pin_memory: bool | None = None,
 ) -> DataLoader:
     """DataLoader over whole batches (``batch_size=None``: the sampler already batches)."""
-    sampler = ShardedBatchSampler(len(table), batch_size, shuffle, drop_last, seed, rank, world_size)
+    sampler = ShardedBatchSampler(
+        len(table), batch_size, shuffle, drop_last, seed, rank, world_size
+    )
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     return DataLoader(
         BatchedImages(table),

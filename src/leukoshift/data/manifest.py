@@ -22,7 +22,15 @@ from leukoshift.errors import UserError
 from leukoshift.taxonomy import LABEL_CODES, LabelError, label_indices, validate_codes
 
 COLUMNS: tuple[str, ...] = (
-    "path", "label", "original_label", "source", "split", "sha1", "width", "height", "mask",
+    "path",
+    "label",
+    "original_label",
+    "source",
+    "split",
+    "sha1",
+    "width",
+    "height",
+    "mask",
 )
 REQUIRED: tuple[str, ...] = ("path", "label", "source", "split", "sha1")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -57,10 +65,14 @@ class Manifest:
         return sorted(self.frame["source"].unique())
 
     def digest(self) -> str:
-        """Hash of what a cache depends on: the images (path, sha1) in row order."""
+        """Hash of what a cache depends on: the image bytes (sha1) in row order.
+
+        Labels, splits and file locations do not change pixels, so relabelling, re-splitting
+        or moving a data set keeps its cache; a row without a sha1 is keyed by its path.
+        """
         h = hashlib.sha1()
         for path, sha1 in zip(self.abs_paths, self.frame["sha1"], strict=True):
-            h.update(f"{path}\0{sha1}\n".encode())
+            h.update(f"{sha1 or 'path:' + str(path)}\n".encode())
         return h.hexdigest()
 
     def select(self, mask: np.ndarray | pd.Series) -> Manifest:
@@ -83,7 +95,7 @@ class Manifest:
         if exclude_sources:
             keep &= ~self.frame["source"].isin(list(exclude_sources)).to_numpy()
         if labelled:
-            keep &= (self.frame["label"] != "").to_numpy()
+            keep &= (self.frame["label"].fillna("") != "").to_numpy()
         return keep
 
     def where(
@@ -98,15 +110,22 @@ class Manifest:
 
 def resolve(root: Path, path: str) -> Path:
     p = Path(path)
-    return p if p.is_absolute() else (root / p)
+    return p if p.is_absolute() else Path(os.path.normpath(root / p))
 
 
 def relative_to(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` when they share a drive, else absolute."""
+    """``path`` relative to ``root`` when it lies inside ``root``, else absolute.
+
+    Images beside the manifest travel with it (a synthetic data set, a copied folder);
+    anything else keeps its absolute path, so moving the manifest never breaks it.
+    Symbolic links are kept as given (``abspath``, not ``resolve``).
+    """
+    target, base = os.path.abspath(path), os.path.abspath(root)
     try:
-        return os.path.relpath(path.resolve(), root.resolve())
-    except ValueError:
-        return str(path.resolve())
+        inside = os.path.commonpath([target, base]) == base
+    except ValueError:  # different drives
+        inside = False
+    return os.path.relpath(target, base) if inside else target
 
 
 def empty_frame() -> pd.DataFrame:
@@ -132,11 +151,18 @@ def read_manifest(path: Path | str) -> Manifest:
         validate_codes(frame["label"])
     except LabelError as exc:
         raise ManifestError(f"{path}: column label: {exc}") from None
-    return Manifest(frame.reset_index(drop=True), path.parent, path)
+    # An absolute root makes image paths (and cache keys) independent of the working folder.
+    return Manifest(frame.reset_index(drop=True), Path(os.path.abspath(path.parent)), path)
 
 
-def write_manifest(manifest: Manifest | pd.DataFrame, path: Path | str, root: Path | None = None) -> Path:
-    """Write rows with paths relative to the manifest's own folder."""
+def write_manifest(
+    manifest: Manifest | pd.DataFrame, path: Path | str, root: Path | None = None
+) -> Path:
+    """Write rows with paths relative to the manifest's own folder (when inside it).
+
+    The file is replaced atomically, so re-splitting a manifest in place never leaves a
+    half-written one behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(manifest, Manifest):
@@ -144,6 +170,9 @@ def write_manifest(manifest: Manifest | pd.DataFrame, path: Path | str, root: Pa
     else:
         frame = manifest.copy()
         root = root or path.parent
+    # Frames built in code may carry NaN/None where a CSV read gives "".
+    text_cols = [c for c in COLUMNS if c in frame.columns and c not in ("width", "height")]
+    frame[text_cols] = frame[text_cols].astype(object).where(frame[text_cols].notna(), "")
     frame["path"] = [relative_to(resolve(root, p), path.parent) for p in frame["path"]]
     if "mask" in frame.columns:
         frame["mask"] = [
@@ -152,7 +181,12 @@ def write_manifest(manifest: Manifest | pd.DataFrame, path: Path | str, root: Pa
     ordered = [c for c in COLUMNS if c in frame.columns] + [
         c for c in frame.columns if c not in COLUMNS
     ]
-    frame[ordered].to_csv(path, index=False)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        frame[ordered].to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -174,7 +208,9 @@ def read_manifests(paths: Sequence[Path | str]) -> Manifest:
 
 def class_table(manifest: Manifest) -> pd.DataFrame:
     """Counts of each label code (rows) per source (columns), codes in taxonomy order."""
-    frame = manifest.frame.assign(label=manifest.frame["label"].replace("", "(unlabeled)"))
+    # fillna: an empty cell of a frame built in code is NaN, and crosstab would drop it.
+    labels = manifest.frame["label"].fillna("").replace("", "(unlabeled)")
+    frame = manifest.frame.assign(label=labels)
     table = pd.crosstab(frame["label"], frame["source"])
     order = [c for c in (*LABEL_CODES, "(unlabeled)") if c in table.index]
     return table.loc[order]
