@@ -27,3 +27,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Manifests of the real data beside the checkout (../shared/data) in runs/data/.
+SHARED ?= ../shared/data
+DATA ?= runs/data
+.PHONY: data-shared
+data-shared: $(STAMP)
+	$(BIN)/leukoshift data import pbc $(SHARED)/pbc --source pbc --out $(DATA)/pbc.csv
+	$(BIN)/leukoshift data import folder $(SHARED)/bccd_crops --source bccd_crops --out $(DATA)/bccd_crops.csv
+	$(BIN)/leukoshift data import wbcseg $(SHARED)/cellavision --source cellavision --out $(DATA)/cellavision.csv
+	$(BIN)/leukoshift data import folder $(SHARED)/bionet --source bionet --out $(DATA)/bionet.csv
+	$(BIN)/leukoshift data import unlabeled $(SHARED)/raabin_unlabeled --source raabin --out $(DATA)/raabin.csv
+	$(BIN)/leukoshift data import unlabeled $(SHARED)/bccd_smears/BCCD/JPEGImages --source bccd_smears --out $(DATA)/bccd_smears.csv

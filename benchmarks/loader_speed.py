@@ -81,9 +81,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-shuffle", action="store_true", help="sequential instead of shuffled")
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="folder for the array (default: a temp dir)"
-    )
+    parser.add_argument("--dir", type=Path, default=None, help="folder for the array (default: a temp dir)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

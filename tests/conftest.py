@@ -31,9 +31,7 @@ WriteImage = Callable[..., Path]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "requires_shared: needs ../shared/data (skipped when absent)"
-    )
+    config.addinivalue_line("markers", "requires_shared: needs ../shared/data (skipped when absent)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -139,3 +137,36 @@ def pbc_tree(tmp_path: Path) -> Path:
     """A tiny PBC layout: 10 images per prefix for 4 prefixes (distinct pixels)."""
     make_pbc_tree(tmp_path / "pbc", {"BA": 10, "EO": 10, "SNE": 10, "BNE": 10})
     return tmp_path / "pbc"
+
+
+@pytest.fixture(scope="session")
+def synth_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two synthetic labs, 11 classes x 24 images at 40 px (rendered once per session)."""
+    from leukoshift.data.synth import render_labs
+
+    out = tmp_path_factory.mktemp("synth")
+    return render_labs(out, labs=2, per_class=24, size=40, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch fine-tuning run folder (best.ckpt, backbone.safetensors, metrics.json)."""
+    from leukoshift.config import FinetuneConfig, load_config
+    from leukoshift.finetune.train import run_finetune
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"data.manifests=[{synth_manifest}]",
+            f"out={out}",
+            "model.backbone=regnetx_002",
+            "data.image.size=32",
+            "data.batch_size=32",
+            "data.num_workers=0",
+            "trainer.max_epochs=1",
+            "trainer.progress=false",
+        ],
+    )
+    return run_finetune(cfg, progress=False)

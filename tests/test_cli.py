@@ -34,9 +34,7 @@ GROUPS = (
 )
 
 
-def run(
-    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
+def run(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["leukoshift", *argv])
     monkeypatch.setenv("COLUMNS", "200")
     try:
@@ -65,9 +63,7 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path / "pbc"
 
 
-def test_help_lists_every_command_group(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_help_lists_every_command_group(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = run(["--help"], capsys, monkeypatch)
     assert code == 0
     listed = {line.strip("│ ").split(" ")[0] for line in out.splitlines() if line.startswith("│ ")}
@@ -98,10 +94,7 @@ def test_module_entry_point() -> None:
         timeout=60,
     )
     assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        == "error: unknown format 'nope'; valid: pbc, munich, raabin, wbcseg, folder, unlabeled"
-    )
+    assert proc.stderr.strip() == "error: unknown format 'nope'; valid: pbc, munich, raabin, wbcseg, folder, unlabeled"
 
 
 def test_import_summary_split_cache(
@@ -166,9 +159,7 @@ def test_import_summary_split_cache(
     assert "lab A" in out and "train" in out
     assert all(Path(p).is_absolute() or (tmp_path / "runs" / p).is_file() for p in resplit["path"])
 
-    code, out, err = run(
-        ["data", "cache", "runs/pbc.csv", "--set", "image.size=16"], capsys, monkeypatch
-    )
+    code, out, err = run(["data", "cache", "runs/pbc.csv", "--set", "image.size=16"], capsys, monkeypatch)
     assert code == 0, err
     assert "18 images" in out and "(0 failed)" in out
     cache_file = Path(out.split(" -> ")[1].split(" (")[0])

@@ -68,54 +68,36 @@ def test_defaults_file_then_overrides(tmp_path: Path) -> None:
 def test_unknown_keys_name_the_dotted_field(tmp_path: Path) -> None:
     cfg_file = write(tmp_path, "data:\n  image:\n    sise: 3\n")
     assert error_of(FinetuneConfig, cfg_file) == f"{cfg_file}: unknown key 'data.image.sise'"
-    assert (
-        error_of(FinetuneConfig, None, ["data.bach_size=3"])
-        == "--set: unknown key 'data.bach_size'"
-    )
+    assert error_of(FinetuneConfig, None, ["data.bach_size=3"]) == "--set: unknown key 'data.bach_size'"
     assert error_of(FinetuneConfig, None, ["nosection.x=1"]) == "--set: unknown key 'nosection.x'"
 
 
 def test_bad_values_name_the_field_and_value(tmp_path: Path) -> None:
     msg = error_of(FinetuneConfig, None, ["data.batch_size=abc"])
-    assert (
-        msg.startswith("--set: data.batch_size: Input should be a valid integer") and "'abc'" in msg
-    )
+    assert msg.startswith("--set: data.batch_size: Input should be a valid integer") and "'abc'" in msg
     assert error_of(FinetuneConfig, None, ["data.batch_size=0"]) == (
         "--set: data.batch_size: Input should be greater than or equal to 1 (got 0)"
     )
-    assert error_of(FinetuneConfig, None, ["optim.lr=-1"]).startswith(
-        "--set: optim.lr: Input should be greater than 0"
-    )
+    assert error_of(FinetuneConfig, None, ["optim.lr=-1"]).startswith("--set: optim.lr: Input should be greater than 0")
     assert "optim.name" in error_of(FinetuneConfig, None, ["optim.name=adam"])
     assert error_of(FinetuneConfig, None, ["augment.geometry.crop_scale=[1.0, 0.5]"]) == (
         "--set: augment.geometry.crop_scale: needs 0 < low <= high, got [1.0, 0.5]"
     )
-    assert error_of(FinetuneConfig, None, ["data.batch_size.x=1"]).startswith(
-        "--set: data.batch_size:"
-    )
+    assert error_of(FinetuneConfig, None, ["data.batch_size.x=1"]).startswith("--set: data.batch_size:")
     assert error_of(FinetuneConfig, None, ["model.kwargs=5"]).startswith("--set: model.kwargs:")
     cfg_file = write(tmp_path, "data:\n  image:\n    size: 4\n")
-    assert error_of(FinetuneConfig, cfg_file).startswith(
-        f"{cfg_file}: data.image.size: Input should be greater"
-    )
+    assert error_of(FinetuneConfig, cfg_file).startswith(f"{cfg_file}: data.image.size: Input should be greater")
     # A valid file with a bad override blames the override.
     ok_file = write(tmp_path, "data: {batch_size: 8}\n", "ok.yaml")
-    assert error_of(FinetuneConfig, ok_file, ["data.image.size=2000"]).startswith(
-        "--set: data.image.size:"
-    )
+    assert error_of(FinetuneConfig, ok_file, ["data.image.size=2000"]).startswith("--set: data.image.size:")
 
 
 def test_file_problems(tmp_path: Path) -> None:
     broken = write(tmp_path, "data:\n  batch_size: 32\n   image: [\n")
     assert error_of(FinetuneConfig, broken) == f"{broken}: line 3 is not valid YAML"
     listing = write(tmp_path, "- a\n- b\n", "list.yaml")
-    assert (
-        error_of(FinetuneConfig, listing) == f"{listing}: top level must be a mapping of sections"
-    )
-    assert (
-        error_of(FinetuneConfig, tmp_path / "none.yaml")
-        == f"{tmp_path / 'none.yaml'}: config file not found"
-    )
+    assert error_of(FinetuneConfig, listing) == f"{listing}: top level must be a mapping of sections"
+    assert error_of(FinetuneConfig, tmp_path / "none.yaml") == f"{tmp_path / 'none.yaml'}: config file not found"
     assert load_config(ImageConfig, write(tmp_path, "", "empty.yaml")) == ImageConfig()
 
 

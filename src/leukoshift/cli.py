@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from leukoshift.errors import UserError
@@ -30,19 +31,15 @@ app.add_typer(data_app, name="data")
 app.add_typer(ssl_app, name="ssl")
 app.add_typer(benchmark_app, name="benchmark")
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: long paths stay on one line (greppable logs), tables still fit the terminal.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", help="override a config value: dotted.key=value (repeatable)"),
 ]
-
-
-def _not_built(name: str) -> None:
-    err_console.print(f"[red]error:[/red] `leukoshift {name}` is not built yet")
-    raise typer.Exit(2)
 
 
 # ----------------------------------------------------------------------------- data
@@ -54,38 +51,42 @@ def data_import(
     path: Annotated[Path, typer.Argument(help="folder in the publisher's layout")],
     source: Annotated[str, typer.Option("--source", "-s", help="lab name stored in the manifest")],
     out: Annotated[Path, typer.Option("--out", "-o", help="manifest CSV to write")],
-    label_map: Annotated[
-        Optional[Path], typer.Option(help="YAML 'folder name: CODE' for the folder format")
-    ] = None,
+    label_map: Annotated[Path | None, typer.Option(help="YAML 'folder name: CODE' for the folder format")] = None,
     seed: Annotated[int, typer.Option(help="seed of the train/val/test split")] = 0,
     ratios: Annotated[str, typer.Option(help="train,val,test fractions")] = "0.8,0.1,0.1",
 ) -> None:
     """Import a published data set into a manifest (decodes every file once)."""
     from leukoshift.data.importers import duplicate_pairs, import_dataset, load_label_map, sidecar
 
-    result = import_dataset(
-        fmt, path, source, out, load_label_map(label_map), _parse_ratios(ratios), seed
-    )
-    console.print(f"{result.n_rows} images imported from {path} -> {out}")
+    result = import_dataset(fmt, path, source, out, load_label_map(label_map), _parse_ratios(ratios), seed)
+    console.print(f"{result.n_rows} images imported from {path} -> {out}", markup=False)
     if result.rejected:
-        console.print(f"[yellow]{len(result.rejected)} file(s) rejected[/yellow] (listed in {sidecar(out, 'rejected')}):")
+        console.print(
+            f"[yellow]{len(result.rejected)} file(s) rejected[/yellow] "
+            f"(listed in {escape(str(sidecar(out, 'rejected')))}):"
+        )
         for r in result.rejected[:20]:
-            console.print(f"  {r.path}: {r.reason}")
+            console.print(f"  {r.path}: {r.reason}", markup=False)
         if len(result.rejected) > 20:
             console.print(f"  ... and {len(result.rejected) - 20} more")
     if result.duplicate_groups:
         console.print(
             f"[yellow]{len(result.duplicate_groups)} group(s) of byte-identical files[/yellow] "
             f"({duplicate_pairs(result.duplicate_groups)} extra copies; kept in one split; "
-            f"listed in {sidecar(out, 'duplicates')})"
+            f"listed in {escape(str(sidecar(out, 'duplicates')))})"
         )
         for g in result.conflicts:
             rows = result.frame.loc[g]
-            desc = ", ".join(f"{Path(p).name} ({lab or 'unlabeled'})" for p, lab in zip(rows["path"], rows["label"], strict=True))
-            console.print(f"  [red]conflicting labels:[/red] {desc}")
+            desc = ", ".join(
+                f"{Path(p).name} ({lab or 'unlabeled'})" for p, lab in zip(rows["path"], rows["label"], strict=True)
+            )
+            console.print(f"  [red]conflicting labels:[/red] {escape(desc)}")
     if result.outside_taxonomy:
         desc = ", ".join(f"{k} {v}" for k, v in sorted(result.outside_taxonomy.items()))
-        console.print(f"{sum(result.outside_taxonomy.values())} row(s) outside the 11 classes kept unlabeled: {desc}")
+        console.print(
+            f"{sum(result.outside_taxonomy.values())} row(s) outside the 11 classes kept unlabeled: {desc}",
+            markup=False,
+        )
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:
@@ -101,7 +102,7 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @data_app.command("summary")
 def data_summary(
     manifests: Annotated[list[Path], typer.Argument(help="manifest CSV(s)")],
-    plot: Annotated[Optional[Path], typer.Option(help="write a bar chart of class counts per source")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a bar chart of class counts per source")] = None,
 ) -> None:
     """Class-by-source counts of one or more manifests."""
     from leukoshift.data.manifest import class_table, read_manifests
@@ -119,7 +120,7 @@ def data_summary(
     console.print(rich_table)
     if plot is not None:
         plot_class_counts(table, plot)
-        console.print(f"bar chart -> {plot}")
+        console.print(f"bar chart -> {plot}", markup=False)
 
 
 @data_app.command("split")
@@ -127,7 +128,7 @@ def data_split(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV to re-split")],
     seed: int = 0,
     ratios: Annotated[str, typer.Option(help="train,val,test fractions")] = "0.8,0.1,0.1",
-    out: Annotated[Optional[Path], typer.Option(help="write here instead of in place")] = None,
+    out: Annotated[Path | None, typer.Option(help="write here instead of in place")] = None,
 ) -> None:
     """Seeded, stratified train/val/test per source; identical images share a split."""
     from leukoshift.data.manifest import read_manifest, write_manifest
@@ -137,7 +138,7 @@ def data_split(
     m.frame["split"] = assign_splits(m.frame, _parse_ratios(ratios), seed)
     write_manifest(m, out or manifest)
     counts = m.frame.groupby(["source", "split"]).size().unstack(fill_value=0)
-    console.print(counts.to_string())
+    console.print(counts.to_string(), markup=False)
 
 
 @data_app.command("cache")
@@ -157,7 +158,7 @@ def data_cache(
     cfg = load_config(_CacheConfig, config, set_)
     for path in manifests:
         cache = build_cache(read_manifest(path), cfg.image)
-        console.print(f"{path}: {cache.n} images -> {cache.path} ({len(cache.failed)} failed)")
+        console.print(f"{path}: {cache.n} images -> {cache.path} ({len(cache.failed)} failed)", markup=False)
 
 
 @data_app.command("synth")
@@ -178,71 +179,275 @@ def data_synth(
 # ----------------------------------------------------------------------------- later issues
 
 
-@ssl_app.command("pretrain", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def ssl_pretrain() -> None:
-    """Self-supervised pretraining (DINO / SimCLR) on unlabeled images."""
-    _not_built("ssl pretrain")
+def _flag_overrides(pairs: dict[str, object]) -> list[str]:
+    """CLI flags as ``--set`` strings, so they are validated exactly like the config file."""
+    import json
+
+    return [f"{key}={json.dumps(value)}" for key, value in pairs.items() if value not in (None, [], ())]
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def finetune() -> None:
-    """Fine-tune a backbone on the 11 cell classes."""
-    _not_built("finetune")
+ManifestOpt = Annotated[list[Path] | None, typer.Option("--manifest", "-m", help="manifest CSV (repeatable)")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="run folder")]
+DevicesOpt = Annotated[str | None, typer.Option(help="Lightning devices: auto, N or a list like [0,1]")]
+NodesOpt = Annotated[int | None, typer.Option("--num-nodes", help="Lightning nodes (DDP)")]
+StrategyOpt = Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp")]
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Evaluate a checkpoint on a manifest."""
-    _not_built("evaluate")
+def _devices(value: str | None) -> object:
+    if value is None:
+        return None
+    import yaml
+
+    return yaml.safe_load(value)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict() -> None:
-    """Predict cell classes for image files or folders."""
-    _not_built("predict")
+@app.command()
+def finetune(
+    config: ConfigOpt = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="backbone name (model.backbone), e.g. vit, vgg19, resnet18")
+    ] = None,
+    init: Annotated[Path | None, typer.Option(help="initial backbone weights: .safetensors/.pth/.ckpt")] = None,
+    manifest: ManifestOpt = None,
+    external: Annotated[
+        list[Path] | None, typer.Option(help="manifest scored in full after training (repeatable)")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="linear | partial | full")] = None,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run folder's last.ckpt")] = False,
+    force: Annotated[bool, typer.Option(help="train again even if the run folder is complete")] = False,
+    devices: DevicesOpt = None,
+    num_nodes: NodesOpt = None,
+    strategy: StrategyOpt = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="logreg | svm: a classical baseline instead of a network")
+    ] = None,
+    features_from: Annotated[
+        Path | None, typer.Option(help="fine-tuned checkpoint whose features feed --baseline svm")
+    ] = None,
+) -> None:
+    """Fine-tune a backbone on the 11 cell classes (the published recipe), or fit a baseline."""
+    from leukoshift.config import FinetuneConfig, load_config
+
+    flags = _flag_overrides(
+        {
+            "model.backbone": backbone,
+            "model.init": str(init) if init else None,
+            "data.manifests": [str(m) for m in manifest or []],
+            "data.external": [str(m) for m in external or []],
+            "mode": mode,
+            "out": str(out) if out else None,
+            "trainer.devices": _devices(devices),
+            "trainer.num_nodes": num_nodes,
+            "trainer.strategy": strategy,
+        }
+    )
+    cfg = load_config(FinetuneConfig, config, [*flags, *(set_ or [])])
+    if baseline is not None:
+        from leukoshift.finetune.baselines import run_baseline
+
+        if baseline not in ("logreg", "svm"):
+            raise UserError(f"--baseline {baseline!r}: valid: logreg, svm")
+        run_baseline(cfg, baseline, features_from)  # type: ignore[arg-type]
+        return
+    from leukoshift.finetune.train import run_finetune
+
+    run_finetune(cfg, resume=resume, force=force)
 
 
-@benchmark_app.command("loso", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def benchmark_loso() -> None:
-    """Leave-one-source-out benchmark."""
-    _not_built("benchmark loso")
+@ssl_app.command("pretrain")
+def ssl_pretrain(
+    config: ConfigOpt = None,
+    method: Annotated[str | None, typer.Option(help="dino | simclr")] = None,
+    backbone: Annotated[str | None, typer.Option(help="backbone name, e.g. vit_small, vgg16, resnet50")] = None,
+    manifest: ManifestOpt = None,
+    exclude_source: Annotated[
+        list[str] | None, typer.Option("--exclude-source", help="keep this lab out of the pool (repeatable)")
+    ] = None,
+    monitor: Annotated[
+        list[Path] | None, typer.Option(help="labelled manifest for the online kNN monitor (repeatable)")
+    ] = None,
+    init: Annotated[Path | None, typer.Option(help="start from these backbone weights")] = None,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run folder's last.ckpt")] = False,
+    force: Annotated[bool, typer.Option(help="train again even if the run folder is complete")] = False,
+    devices: DevicesOpt = None,
+    num_nodes: NodesOpt = None,
+    strategy: StrategyOpt = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone")] = False,
+) -> None:
+    """Self-supervised pretraining (DINO / SimCLR) on every image of the given manifests."""
+    from leukoshift.config import PretrainConfig, load_config
+    from leukoshift.pretrain.train import run_pretrain
+
+    flags = _flag_overrides(
+        {
+            "method": method,
+            "model.backbone": backbone,
+            "model.init": str(init) if init else None,
+            "data.manifests": [str(m) for m in manifest or []],
+            "data.exclude_sources": list(exclude_source or []),
+            "monitor.manifests": [str(m) for m in monitor or []],
+            "out": str(out) if out else None,
+            "trainer.devices": _devices(devices),
+            "trainer.num_nodes": num_nodes,
+            "trainer.strategy": strategy,
+            "trainer.compile": True if compile_ else None,
+        }
+    )
+    cfg = load_config(PretrainConfig, config, [*flags, *(set_ or [])])
+    run_pretrain(cfg, resume=resume, force=force)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def diagnose() -> None:
-    """Embeddings, faiss kNN, lab mixing and UMAP of manifests."""
-    _not_built("diagnose")
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="fine-tuning checkpoint (best.ckpt)")],
+    manifest: Annotated[list[Path], typer.Option("--manifest", "-m", help="manifest CSV (repeatable)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for metrics.json, confusion, predictions")],
+    split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
+    level: Annotated[str, typer.Option(help="auto (finest per row) | fine | group")] = "auto",
+) -> None:
+    """Score a checkpoint on a manifest: metrics, confusion matrix, predictions."""
+    from leukoshift.eval.evaluate import run_evaluate
+
+    if level not in ("auto", "fine", "group"):
+        raise UserError(f"--level {level!r}: valid: auto, fine, group")
+    m = run_evaluate(checkpoint, manifest, out, split=split, level=level)
+    console.print(
+        f"n={m['n']} level={m['level']} macro-F1 {m['macro_f1']:.3f} accuracy {m['accuracy']:.3f} "
+        f"balanced accuracy {m['balanced_accuracy']:.3f} -> {out}"
+    )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def explain() -> None:
-    """Grad-CAM / attention maps for images."""
-    _not_built("explain")
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="fine-tuning checkpoint (best.ckpt)")],
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="predictions CSV")] = Path("predictions.csv"),
+    threshold: Annotated[float, typer.Option(help="flag predictions below this probability")] = 0.5,
+) -> None:
+    """Predict cell classes for image files or folders (top-3 classes and probabilities)."""
+    from leukoshift.eval.evaluate import run_predict
+
+    run_predict(checkpoint, paths, out, threshold=threshold)
 
 
-@app.command("app", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def app_cmd() -> None:
-    """Start the interactive Streamlit app."""
-    _not_built("app")
+@benchmark_app.command("loso")
+def benchmark_loso(
+    config: Annotated[Path, typer.Option("--config", "-c", help="LOSO YAML config")],
+    set_: SetOpt = None,
+    executor: Annotated[str, typer.Option(help="local (in order) | slurm (submitit)")] = "local",
+    out: OutOpt = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated subset of the config's methods")] = None,
+    report_only: Annotated[
+        bool, typer.Option(help="train nothing: aggregate the complete runs and write the report")
+    ] = False,
+) -> None:
+    """Leave-one-source-out benchmark: every method, every held-out lab, every seed."""
+    from leukoshift.config import load_config
+    from leukoshift.eval.loso import LosoConfig, run_loso
+
+    if executor not in ("local", "slurm"):
+        raise UserError(f"--executor {executor!r}: valid: local, slurm")
+    cfg = load_config(LosoConfig, config, [*_flag_overrides({"out": str(out) if out else None}), *(set_ or [])])
+    subset = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    run_loso(cfg, executor=executor, methods=subset, report_only=report_only)  # type: ignore[arg-type]
+
+
+@app.command()
+def diagnose(
+    manifest: Annotated[list[Path], typer.Option("--manifest", "-m", help="manifest CSV (repeatable)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for numbers, pictures and report")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="best.ckpt, SSL last.ckpt or backbone.safetensors; none: raw pixels")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train | val | test | all")] = "all",
+    size: Annotated[int | None, typer.Option(help="image size (default: the checkpoint's, or 64 for pixels)")] = None,
+    k: Annotated[int, typer.Option(help="neighbours for kNN and lab mixing")] = 20,
+) -> None:
+    """Embeddings, faiss kNN, lab mixing, lab probe, silhouettes and UMAP of manifests."""
+    from leukoshift.eval.diagnose import run_diagnose
+
+    numbers = run_diagnose(manifest, out, checkpoint=checkpoint, split=split, size=size, k=k)
+    console.print(f"diagnostics of {numbers['n']} images -> {out / 'report.html'}")
+    if "lab_mixing" in numbers:
+        m = numbers["lab_mixing"]
+        console.print(
+            f"lab mixing own/chance {m['overall_ratio']:.2f}; "
+            f"lab probe accuracy {numbers['source_probe']['accuracy']:.3f}"
+        )
+    if "knn_accuracy_group" in numbers:
+        console.print(f"kNN accuracy (groups, leave-one-out) {numbers['knn_accuracy_group']:.3f}")
+
+
+_TARGET_HELP = "class to explain, a code SNE ... PLT (default: each image's prediction)"
+_METHOD_HELP = (
+    "gradcam | gradcam++ (any backbone); rollout | grad-rollout | attention (ViT). "
+    "Default: gradcam for CNNs, rollout for ViTs"
+)
+
+
+@app.command()
+def explain(
+    checkpoint: Annotated[Path, typer.Option(help="fine-tuning checkpoint (best.ckpt)")],
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for PNGs and contact sheets")],
+    target: Annotated[str | None, typer.Option(help=_TARGET_HELP)] = None,
+    method: Annotated[str | None, typer.Option(help=_METHOD_HELP)] = None,
+) -> None:
+    """Grad-CAM / attention maps beside each image, with the predicted class and probability."""
+    from leukoshift.eval.explain import run_explain
+
+    run_explain(checkpoint, paths, out, target=target, method=method)
+
+
+@app.command("app")
+def app_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="fine-tuning checkpoint (best.ckpt)")],
+    manifest: Annotated[
+        list[Path] | None,
+        typer.Option("--manifest", "-m", help="manifest for examples, neighbours, data view"),
+    ] = None,
+    results: Annotated[Path | None, typer.Option(help="LOSO results folder to show")] = None,
+    port: Annotated[int, typer.Option(help="port of the web server")] = 8501,
+    address: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    k: Annotated[int, typer.Option(min=1, max=16, help="similar training images shown")] = 8,
+    max_points: Annotated[int, typer.Option(min=10, help="images drawn in the UMAP")] = 3000,
+) -> None:
+    """Start the Streamlit app: predict and explain, browse the data, read LOSO results."""
+    import subprocess
+
+    from leukoshift.app.launch import AppSettings, check_settings, streamlit_command
+
+    settings = AppSettings(checkpoint, tuple(manifest or ()), results, k, max_points)
+    check_settings(settings)
+    cmd = streamlit_command(settings, port=port, address=address)
+    console.print(f"starting the app on port {port} (Ctrl+C stops it)", markup=False)
+    code = subprocess.call(cmd)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for everything the demo makes")] = Path("runs/demo"),
+    set_: SetOpt = None,
 ) -> None:
-    """The built-in default: synthetic labs end to end (currently: the data step)."""
-    from leukoshift.data.synth import render_labs
+    """The built-in default: three synthetic labs, pretraining, fine-tuning, LOSO and report."""
+    from leukoshift.demo import run_demo
 
-    manifest = render_labs(out / "data", labs=3, per_class=40, size=64, seed=0)
-    data_summary([manifest], plot=out / "class_counts.png")
-    console.print(f"demo data ready: {manifest}")
+    report = run_demo(out, overrides=set_ or [])
+    console.print(f"demo complete; open the report: {report}")
 
 
 def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # Messages name files and values; brackets in them are text, not rich markup.
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -7,12 +7,14 @@ written into the run folder (:func:`save_config`) so a run can be repeated exact
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from leukoshift.errors import UserError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -38,15 +40,11 @@ class ImageConfig(Strict):
         "the located white cell, so a cell spans the same fraction of the image in every "
         "lab; background: centre plus surroundings blanked (the published filtering)",
     )
-    centre_margin: float = Field(
-        1.8, gt=0.5, le=8.0, description="crop side / located cell size for centre"
-    )
+    centre_margin: float = Field(1.8, gt=0.5, le=8.0, description="crop side / located cell size for centre")
     centre_min_fraction: float = Field(
         0.25, gt=0.0, le=1.0, description="smallest crop side as a fraction of the short side"
     )
-    cache_dir: Path | None = Field(
-        None, description="where cached arrays live; default: .cache/ beside each manifest"
-    )
+    cache_dir: Path | None = Field(None, description="where cached arrays live; default: .cache/ beside each manifest")
 
 
 class DataConfig(Strict):
@@ -55,26 +53,24 @@ class DataConfig(Strict):
         default_factory=list, description="extra manifests whose labels are ignored (SSL pool)"
     )
     exclude_sources: list[str] = Field(default_factory=list)
-    external: list[Path] = Field(
-        default_factory=list, description="manifests evaluated in full after training"
-    )
+    external: list[Path] = Field(default_factory=list, description="manifests evaluated in full after training")
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
     batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(2, ge=0, description="loader processes; uint8 batches are cheap")
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="loader processes; auto: 0 without a GPU (cached uint8 batches are cheaper "
+        "to gather in-process), up to 8 with one so reading overlaps the device step",
+    )
     image: ImageConfig = Field(default_factory=ImageConfig)
 
 
 class ModelConfig(Strict):
     backbone: str = Field("resnet18", description="a name from leukoshift.models.BACKBONES")
-    init: Path | None = Field(
-        None, description="local weights: .safetensors, .pth or Lightning .ckpt"
-    )
+    init: Path | None = Field(None, description="local weights: .safetensors, .pth or Lightning .ckpt")
     pretrained: bool = Field(False, description="timm hub weights (needs network access)")
-    kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="extra timm.create_model arguments, e.g. depth: 2"
-    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments, e.g. depth: 2")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head")
 
 
@@ -105,6 +101,18 @@ class ColourAugConfig(Strict):
     grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
     blur_p: float = Field(0.0, ge=0.0, le=1.0)
     solarize_p: float = Field(0.0, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = Field(
+        (0.1, 2.0),
+        description="Gaussian blur sigma range in px at 224 px (DINO/SimCLR), scaled to the "
+        "image size so a 64 px image is blurred as much relative to the cell",
+    )
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"needs 0 < low <= high, got {list(v)}")
+        return v
 
 
 class StainAugConfig(Strict):
@@ -112,13 +120,73 @@ class StainAugConfig(Strict):
 
     p: float = Field(0.0, ge=0.0, le=1.0, description="probability per image")
     sigma: float = Field(0.05, ge=0.0, le=1.0, description="scale jitter, alpha ~ U(1-s, 1+s)")
-    bias: float = Field(0.05, ge=0.0, le=1.0, description="shift jitter, beta ~ U(-b, b)")
+    bias: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="shift jitter, beta ~ U(-b, b), in skimage rgb2hed units (OD / 13.8) as "
+        "in Tellez et al.: 0.05 is their 'HED-light', 0.2 'HED-strong' (very strong)",
+    )
 
 
 class AugmentConfig(Strict):
     geometry: GeometryAugConfig = Field(default_factory=GeometryAugConfig)
     colour: ColourAugConfig = Field(default_factory=ColourAugConfig)
     stain: StainAugConfig = Field(default_factory=StainAugConfig)
+    normalize: Literal["none", "macenko", "reinhard"] = Field(
+        "none",
+        description="stain normalisation before augmentation, fitted on a sample of the "
+        "training images (leukoshift.domain.stain.build_stain_normalizer); reinhard is the "
+        "robust choice on tinted backgrounds",
+    )
+
+
+class MultiCropConfig(Strict):
+    """Views for self-supervised pretraining (DINO multi-crop, Caron et al. 2021).
+
+    Colour strengths, flips/rotations and stain jitter come from the ``augment`` section;
+    this section sets the views and the per-view probabilities. SimCLR uses two global
+    views and no local ones.
+    """
+
+    n_global: int = Field(2, ge=1, description="global views; the teacher sees only these")
+    n_local: int = Field(6, ge=0, description="small local views (student only); 0 for SimCLR, 6-10 for DINO")
+    global_size: int = Field(224, ge=8, le=1024, description="side of a global view, px")
+    local_size: int = Field(96, ge=8, le=1024, description="side of a local view, px")
+    global_scale: tuple[float, float] = Field(
+        (0.4, 1.0), description="area fraction of a global crop (DINO: 0.4-1; SimCLR: 0.08-1)"
+    )
+    local_scale: tuple[float, float] = Field(
+        (0.05, 0.4), description="area fraction of a local crop; its top should be the global crop's bottom"
+    )
+    zoom: tuple[float, float] = Field(
+        (0.7, 1.0),
+        description="random scale applied before cropping; < 1 zooms out with a mirrored "
+        "border, because labs differ in magnification; (1, 1) turns it off",
+    )
+    colour_p: float = Field(0.8, ge=0.0, le=1.0, description="colour jitter probability")
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    global_blur_p: tuple[float, float] = Field(
+        (1.0, 0.1), description="blur probability of global views 1 and 2 (DINO: 1.0, 0.1)"
+    )
+    global_solarize_p: tuple[float, float] = Field(
+        (0.0, 0.2), description="solarisation probability of global views 1 and 2"
+    )
+    local_blur_p: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("global_scale", "local_scale", "zoom")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"needs 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("global_blur_p", "global_solarize_p")
+    @classmethod
+    def _probabilities(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= p <= 1.0 for p in v):
+            raise ValueError(f"probabilities must lie in [0, 1], got {list(v)}")
+        return v
 
 
 class OptimConfig(Strict):
@@ -164,13 +232,125 @@ class FinetuneConfig(Strict):
     out: Path | None = None
 
 
+class DinoConfig(Strict):
+    """DINO (Caron et al. 2021). Defaults suit a few thousand to a few hundred thousand
+    cell images; the paper's ImageNet values are noted where they differ."""
+
+    out_dim: int = Field(
+        4096, ge=16, description="prototypes; ImageNet used 65536, small data sets collapse less with 1-8k"
+    )
+    hidden_dim: int = Field(2048, ge=16)
+    bottleneck_dim: int = Field(256, ge=8)
+    batch_norm_head: bool = Field(False, description="batch norm in the head (CNN backbones only)")
+    norm_last_layer: bool = Field(
+        True, description="weight-normalised last layer: stabler; False learns faster but may collapse"
+    )
+    freeze_last_layer_epochs: int = Field(1, ge=0, description="keep the output layer fixed this long")
+    student_temp: float = Field(0.1, gt=0.0)
+    teacher_temp: float = Field(
+        0.04, gt=0.0, description="final teacher temperature; 0.04-0.07, raise only if training is stable"
+    )
+    warmup_teacher_temp: float = Field(0.04, gt=0.0, description="teacher temperature at epoch 0")
+    warmup_teacher_temp_epochs: int = Field(
+        30, ge=0, description="linear warm-up of the teacher temperature (clipped to max_epochs)"
+    )
+    center_momentum: float = Field(
+        0.9,
+        ge=0.0,
+        lt=1.0,
+        description="collapse guard: centring of teacher outputs; if the loss sits at log(out_dim) "
+        "(uniform collapse) lower teacher_temp; if one prototype wins, raise this toward 0.99",
+    )
+    momentum_teacher: float = Field(
+        0.996,
+        ge=0.0,
+        le=1.0,
+        description="teacher EMA at the start (cosine to momentum_teacher_end); 0.996 for batch "
+        "256-1024, 0.9995 for small batches (the teacher must move slower when steps are noisy)",
+    )
+    momentum_teacher_end: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class SimclrConfig(Strict):
+    """SimCLR (Chen et al. 2020)."""
+
+    hidden_dim: int = Field(2048, ge=16)
+    out_dim: int = Field(128, ge=8)
+    temperature: float = Field(0.1, gt=0.0, description="NT-Xent temperature; 0.1 for large batches, 0.5 small")
+    gather_distributed: bool = Field(True, description="negatives from every GPU under DDP")
+
+
+class SSLOptimConfig(Strict):
+    name: Literal["adamw", "sgd", "lars"] = "adamw"
+    lr: float = Field(
+        5e-4, gt=0.0, description="base learning rate per 256 images; the peak is lr * batch * GPUs / 256 (DINO's rule)"
+    )
+    min_lr: float = Field(1e-6, ge=0.0)
+    warmup_epochs: int = Field(10, ge=0, description="linear warm-up (clipped by the run length)")
+    weight_decay: float = Field(0.04, ge=0.0, description="start of the cosine weight-decay schedule")
+    weight_decay_end: float = Field(0.4, ge=0.0, description="end of the cosine weight-decay schedule")
+    clip_grad: float = Field(3.0, ge=0.0, description="gradient-norm clipping; 0 switches it off")
+
+
+class MonitorConfig(Strict):
+    manifests: list[Path] = Field(
+        default_factory=list, description="labelled manifests for the online kNN monitor (none: off)"
+    )
+    bank_split: str = "train"
+    query_split: str = "val"
+    every_n_epochs: int = Field(1, ge=1)
+    k: int = Field(20, ge=1)
+    max_images: int = Field(2000, ge=10, description="subsample bank and queries for speed")
+
+
+class PretrainConfig(Strict):
+    method: Literal["dino", "simclr"] = "dino"
+    data: DataConfig = Field(default_factory=lambda: DataConfig(image=ImageConfig(size=128), batch_size=128))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(backbone="vit_small"))
+    multicrop: MultiCropConfig = Field(default_factory=MultiCropConfig)
+    augment: AugmentConfig = Field(
+        default_factory=lambda: AugmentConfig(stain=StainAugConfig(p=0.8, sigma=0.2, bias=0.05))
+    )
+    dino: DinoConfig = Field(default_factory=DinoConfig)
+    simclr: SimclrConfig = Field(default_factory=SimclrConfig)
+    optim: SSLOptimConfig = Field(default_factory=SSLOptimConfig)
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=100))
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    out: Path | None = None
+
+    @model_validator(mode="after")
+    def _views_fit_method(self) -> PretrainConfig:
+        if self.method == "simclr":
+            # SimCLR's recipe (Chen et al. 2020) where the user left DINO's defaults: two
+            # views, crops of 8-100 % of the image, blur at p=0.5 on both, no solarisation.
+            simclr_views = {
+                "n_local": 0,
+                "global_scale": (0.08, 1.0),
+                "global_blur_p": (0.5, 0.5),
+                "global_solarize_p": (0.0, 0.0),
+            }
+            unset = {k: v for k, v in simclr_views.items() if k not in self.multicrop.model_fields_set}
+            self.multicrop = self.multicrop.model_copy(update=unset)
+            if self.multicrop.n_local:
+                raise ValueError("multicrop.n_local: SimCLR uses two global views; set it to 0")
+            if self.multicrop.n_global != 2:
+                raise ValueError("multicrop.n_global: SimCLR needs exactly 2 views")
+        elif self.multicrop.n_global + self.multicrop.n_local < 2:
+            raise ValueError("multicrop: DINO needs at least two views in total")
+        return self
+
+
 # ----------------------------------------------------------------------------- loading
 
 
-def _format_error(err: dict[str, Any], origin: str) -> str:
+def _format_error(err: Mapping[str, Any], origin: str, key: str | None = None) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{origin}: unknown key '{loc}'"
+        # Name the whole key the user typed (``nosection.x``), not just its unknown head.
+        return f"{origin}: unknown key '{key or loc}'"
+    if err["type"] == "value_error":
+        # A validator's own message already shows the value.
+        return f"{origin}: {loc}: {err['ctx']['error']}"
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{origin}: {loc}: {err['msg']}{shown}"
@@ -244,9 +424,15 @@ def load_config(
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        if any(key == loc or loc.startswith(key + ".") for key, _ in pairs):
+        # The last --set that touched the failing field is to blame, else the file.
+        culprit = next(
+            (key for key, _ in reversed(pairs) if key == loc or loc.startswith(key + ".") or key.startswith(loc + ".")),
+            None,
+        )
+        if culprit is not None:
             origin = "--set"
-        raise ConfigError(_format_error(err, origin)) from None
+        longer = culprit if culprit is not None and len(culprit) > len(loc) else None
+        raise ConfigError(_format_error(err, origin, longer)) from None
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -19,9 +19,7 @@ from rich.progress import (
 T = TypeVar("T")
 
 
-def progress_iter(
-    items: Iterable[T], total: int | None = None, label: str = "", enabled: bool = True
-) -> Iterator[T]:
+def progress_iter(items: Iterable[T], total: int | None = None, label: str = "", enabled: bool = True) -> Iterator[T]:
     """Yield ``items`` with a rich bar on stderr; silent when disabled or not a terminal
     (a log file then gets one line at the start and one at the end instead of redraws)."""
     if not enabled:

@@ -196,8 +196,7 @@ def folder_label(name: str, label_map: dict[str, str | None] | None = None) -> s
             if key == name or _key(key) == _key(name):
                 if value is not None and value not in LABEL_INDEX:
                     raise LabelError(
-                        f"label map sends {name!r} to {value!r}, which is not one of "
-                        f"{', '.join(LABEL_CODES)}"
+                        f"label map sends {name!r} to {value!r}, which is not one of {', '.join(LABEL_CODES)}"
                     )
                 return value
     code = FOLDER_NAMES.get(_key(name))

@@ -115,9 +115,7 @@ def test_interrupted_build_leaves_nothing_behind(
     assert list(folder.iterdir()) == []
     monkeypatch.setattr(cache_mod, "load_rgb", real)
     cache = build_cache(m, CFG, cache_dir=folder, progress=False)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [cache.path.name, cache.path.with_suffix(".json").name]
-    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted([cache.path.name, cache.path.with_suffix(".json").name])
 
 
 def test_incomplete_cache_is_rebuilt(manifest_path: Path, tmp_path: Path) -> None:

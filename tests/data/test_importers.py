@@ -51,9 +51,7 @@ def test_registry_holds_every_published_format() -> None:
 def pbc_defects(tmp_path: Path) -> Path:
     """PBC tree with the real data's defects: a .DS_Store named .jpg, a truncated JPEG,
     a duplicate inside a class and one across classes (EO = BNE)."""
-    base = make_pbc_tree(
-        tmp_path / "pbc", {"BA": 6, "EO": 6, "SNE": 5, "BNE": 5, "PLATELET": 4, "IG": 2}
-    )
+    base = make_pbc_tree(tmp_path / "pbc", {"BA": 6, "EO": 6, "SNE": 5, "BNE": 5, "PLATELET": 4, "IG": 2})
     (base / "neutrophil" / ".DS_169665.jpg").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 200)
     good = (base / "basophil").iterdir().__next__().read_bytes()
     (base / "basophil" / "BA_999999.jpg").write_bytes(good[: len(good) // 2])  # truncated
@@ -205,9 +203,7 @@ def test_raabin_split_folders_above_the_class_folders(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- WBC segmentation
 
 
-def make_wbcseg(
-    root: Path, number: int, labels: dict[int, int], extra_bmp: int | None = None
-) -> Path:
+def make_wbcseg(root: Path, number: int, labels: dict[int, int], extra_bmp: int | None = None) -> Path:
     folder = root / f"Dataset {number}"
     for image_id in labels:
         write_image(folder / f"{image_id:03d}.bmp", seed=100 * number + image_id, size=30)
@@ -254,9 +250,7 @@ def test_wbcseg_csv_errors_name_the_line(tmp_path: Path) -> None:
     root = tmp_path / "cv"
     make_wbcseg(root, 2, {1: 1, 2: 2})
     (root / "Class Labels of Dataset 2.csv").write_text("image ID,class\n1,1\n2,7\n")
-    with pytest.raises(
-        DataImportError, match=r"Dataset 2\.csv: line 3: label '7' is not one of 1-5"
-    ):
+    with pytest.raises(DataImportError, match=r"Dataset 2\.csv: line 3: label '7' is not one of 1-5"):
         run_import("wbcseg", root, tmp_path / "m.csv")
     write_image(tmp_path / "nocsv" / "Dataset 3" / "001.bmp")
     with pytest.raises(DataImportError, match=r"nocsv: no 'Class Labels of Dataset N\.csv'"):
@@ -269,9 +263,7 @@ def test_wbcseg_listed_but_missing_image_is_rejected(tmp_path: Path) -> None:
     (root / "Class Labels of Dataset 2.csv").write_text("1,1\n2,2\n3,5\n")  # no header
     result = run_import("wbcseg", root, tmp_path / "m.csv")
     assert result.n_rows == 2  # the first line is data when it is numeric
-    assert [(r.path.name, r.reason) for r in result.rejected] == [
-        ("003.bmp", "listed in the CSV but missing")
-    ]
+    assert [(r.path.name, r.reason) for r in result.rejected] == [("003.bmp", "listed in the CSV but missing")]
 
 
 # ----------------------------------------------------------------------------- folder
@@ -298,9 +290,7 @@ def test_folder_aliases_case_and_label_map(tmp_path: Path) -> None:
 def test_folder_unknown_name_suggests_label_map(tmp_path: Path) -> None:
     write_image(tmp_path / "data" / "Neutrophil" / "a.jpg", 1)
     write_image(tmp_path / "data" / "Mystery" / "b.jpg", 2)
-    with pytest.raises(
-        DataImportError, match=r"'Mystery' matches no known cell type; pass --label-map"
-    ):
+    with pytest.raises(DataImportError, match=r"'Mystery' matches no known cell type; pass --label-map"):
         run_import("folder", tmp_path / "data", tmp_path / "m.csv")
 
 
@@ -365,9 +355,7 @@ def test_empty_folder_is_an_error_naming_it(tmp_path: Path) -> None:
 def test_folder_of_only_unusable_files_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.jpg").write_bytes(b"garbage")
-    with pytest.raises(
-        DataImportError, match=r"no usable images .* 1 file\(s\) rejected, e\.g\. a\.jpg"
-    ):
+    with pytest.raises(DataImportError, match=r"no usable images .* 1 file\(s\) rejected, e\.g\. a\.jpg"):
         run_import("unlabeled", tmp_path / "bad", tmp_path / "m.csv")
 
 
@@ -388,9 +376,7 @@ def test_bad_arguments(tmp_path: Path, pbc_tree: Path) -> None:
 def test_merging_manifests_from_different_folders(tmp_path: Path, pbc_tree: Path) -> None:
     write_image(tmp_path / "other" / "Lymphocyte" / "l.jpg", 77)
     a = run_import("pbc", pbc_tree, pbc_tree / "a.csv", source="pbc").manifest_path
-    b = run_import(
-        "folder", tmp_path / "other", tmp_path / "other" / "b.csv", source="x"
-    ).manifest_path
+    b = run_import("folder", tmp_path / "other", tmp_path / "other" / "b.csv", source="x").manifest_path
     merged = read_manifests([a, b])
     assert len(merged) == 41 and merged.sources == ["pbc", "x"]
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in merged.frame["path"])
@@ -406,9 +392,7 @@ def test_read_manifest_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"bad\.csv: missing column\(s\) source, split, sha1"):
         read_manifest(bad)
     bad.write_text("path,label,source,split,sha1\nx.jpg,LYMPH,a,train,00\n")
-    with pytest.raises(
-        ManifestError, match=r"bad\.csv: column label: unknown label code\(s\) LYMPH"
-    ):
+    with pytest.raises(ManifestError, match=r"bad\.csv: column label: unknown label code\(s\) LYMPH"):
         read_manifest(bad)
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")

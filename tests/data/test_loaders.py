@@ -33,9 +33,7 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for k in range(6):
         write_image(root / "pool" / f"p{k}.png", seed=500 + k)
     a = import_dataset("pbc", root / "pbc", "pbc", root / "pbc.csv", progress=False, workers=1)
-    b = import_dataset(
-        "unlabeled", root / "pool", "pool", root / "pool.csv", progress=False, workers=1
-    )
+    b = import_dataset("unlabeled", root / "pool", "pool", root / "pool.csv", progress=False, workers=1)
     return a.manifest_path, b.manifest_path
 
 
@@ -46,9 +44,7 @@ def test_table_rows_labels_and_sources(manifests: tuple[Path, Path]) -> None:
     assert len(labelled) == 20 and set(labelled.frame["source"]) == {"pbc"}
     train = load_table(list(manifests), CFG, split="train", progress=False)
     assert set(train.frame["split"]) == {"train"} and 0 < len(train) < 26
-    pool_only = load_table(
-        list(manifests), CFG, sources=["pool"], source_names=["pbc", "pool"], progress=False
-    )
+    pool_only = load_table(list(manifests), CFG, sources=["pool"], source_names=["pbc", "pool"], progress=False)
     assert pool_only.sources.tolist() == [1] * 6 and (pool_only.labels == -1).all()
     with pytest.raises(ManifestError, match="source"):
         load_table(list(manifests), CFG, source_names=["pbc"], progress=False)
@@ -68,9 +64,7 @@ def test_batches_have_the_right_types_and_contents(manifests: tuple[Path, Path])
         assert image.dtype == torch.uint8 and image.shape[1:] == (3, 16, 16)
         assert label.dtype == torch.int64 and source.dtype == torch.int64
         assert len(image) == len(label) == len(source) == len(index) <= 8
-        for row, img, lab, src in zip(
-            index.tolist(), image, label.tolist(), source.tolist(), strict=True
-        ):
+        for row, img, lab, src in zip(index.tolist(), image, label.tolist(), source.tolist(), strict=True):
             code = table.frame.at[row, "label"]
             assert lab == (LABEL_CODES.index(code) if code else -1)
             assert table.source_names[src] == table.frame.at[row, "source"]
@@ -110,9 +104,7 @@ def flat(batches: list[list[int]]) -> list[int]:
 
 def test_sampler_shards_disjointly_with_equal_batch_counts() -> None:
     n, bs, world = 30, 4, 3
-    shards = [
-        list(ShardedBatchSampler(n, bs, seed=5, rank=r, world_size=world)) for r in range(world)
-    ]
+    shards = [list(ShardedBatchSampler(n, bs, seed=5, rank=r, world_size=world)) for r in range(world)]
     assert {len(s) for s in shards} == {len(ShardedBatchSampler(n, bs, world_size=world))} == {3}
     assert sorted(flat([flat(s) for s in shards])) == list(range(n))  # disjoint and complete
     # Uneven: every rank still gets the same number of batches; only the padding repeats.

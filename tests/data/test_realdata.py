@@ -59,9 +59,7 @@ def test_pbc_counts_match_the_readme(pbc: ImportResult, shared_data: Path) -> No
 
 
 def test_pbc_defects(pbc: ImportResult) -> None:
-    assert [(r.path.name, r.reason) for r in pbc.rejected] == [
-        (".DS_169665.jpg", "not an image (unrecognised format)")
-    ]
+    assert [(r.path.name, r.reason) for r in pbc.rejected] == [(".DS_169665.jpg", "not an image (unrecognised format)")]
     rejected = pd.read_csv(sidecar(pbc.manifest_path, "rejected"))
     assert len(rejected) == 1 and rejected["path"][0].endswith("neutrophil/.DS_169665.jpg")
 
@@ -80,9 +78,7 @@ def test_pbc_defects(pbc: ImportResult) -> None:
 
 
 def test_wbcseg_cellavision(shared_data: Path, tmp_path: Path) -> None:
-    from_parent = import_dataset(
-        "wbcseg", shared_data / "cellavision", "cv", tmp_path / "a.csv", progress=False
-    )
+    from_parent = import_dataset("wbcseg", shared_data / "cellavision", "cv", tmp_path / "a.csv", progress=False)
     from_folder = import_dataset(
         "wbcseg",
         shared_data / "cellavision" / "Dataset 2",
@@ -107,12 +103,8 @@ def test_wbcseg_cellavision(shared_data: Path, tmp_path: Path) -> None:
         ("bionet", "| `bionet/WBC Classification Dataset/`", 361),
     ],
 )
-def test_folder_sources(
-    shared_data: Path, tmp_path: Path, folder: str, row: str, total: int
-) -> None:
-    result = import_dataset(
-        "folder", shared_data / folder, folder, tmp_path / "m.csv", progress=False
-    )
+def test_folder_sources(shared_data: Path, tmp_path: Path, folder: str, row: str, total: int) -> None:
+    result = import_dataset("folder", shared_data / folder, folder, tmp_path / "m.csv", progress=False)
     assert result.n_rows == total and result.rejected == []
     expected = {k: v for k, v in readme_counts(shared_data, row).items() if k.lower() in {
         "neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil"}}  # fmt: skip
@@ -121,22 +113,16 @@ def test_folder_sources(
     assert set(result.frame["label"]) <= set(WBC5)
 
 
-@pytest.mark.parametrize(
-    ("folder", "total"), [("raabin_unlabeled", 500), ("bccd_smears/BCCD/JPEGImages", 364)]
-)
+@pytest.mark.parametrize(("folder", "total"), [("raabin_unlabeled", 500), ("bccd_smears/BCCD/JPEGImages", 364)])
 def test_unlabeled_sources(shared_data: Path, tmp_path: Path, folder: str, total: int) -> None:
-    result = import_dataset(
-        "unlabeled", shared_data / folder, "pool", tmp_path / "m.csv", progress=False
-    )
+    result = import_dataset("unlabeled", shared_data / folder, "pool", tmp_path / "m.csv", progress=False)
     assert result.n_rows == total and result.rejected == []
     assert set(result.frame["label"]) == {""}
 
 
 def test_real_images_cache_and_load(shared_data: Path, tmp_path: Path) -> None:
     """A folder with spaces in its name, through cache and loader at 32 px."""
-    result = import_dataset(
-        "folder", shared_data / "bionet", "bionet", tmp_path / "bionet.csv", progress=False
-    )
+    result = import_dataset("folder", shared_data / "bionet", "bionet", tmp_path / "bionet.csv", progress=False)
     table = load_table([result.manifest_path], ImageConfig(size=32), progress=False)
     assert len(table) == 361
     images = np.concatenate([b["image"].numpy() for b in make_loader(table, 64, shuffle=False)])

@@ -10,9 +10,7 @@ from leukoshift.data.splits import assign_splits, leave_one_source_out
 from leukoshift.errors import UserError
 
 
-def make_frame(
-    counts: dict[tuple[str, str], int], seed: int = 0, dup_every: int = 0
-) -> pd.DataFrame:
+def make_frame(counts: dict[tuple[str, str], int], seed: int = 0, dup_every: int = 0) -> pd.DataFrame:
     """Rows per (source, label); every ``dup_every``-th row repeats the previous sha1."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -21,9 +19,7 @@ def make_frame(
             sha = f"{source}-{label}-{k}-{rng.integers(1 << 40)}"
             if dup_every and k and k % dup_every == 0:
                 sha = rows[-1]["sha1"]
-            rows.append(
-                {"path": f"{source}/{label}/{k}.jpg", "source": source, "label": label, "sha1": sha}
-            )
+            rows.append({"path": f"{source}/{label}/{k}.jpg", "source": source, "label": label, "sha1": sha})
     return pd.DataFrame(rows)
 
 
@@ -84,9 +80,7 @@ def test_row_order_does_not_matter() -> None:
 def test_adding_a_source_or_class_keeps_old_rows() -> None:
     old = make_frame({("a", "LY"): 200, ("a", "EO"): 100}, seed=0)
     before = assign_splits(old, seed=0)
-    grown = pd.concat(
-        [old, make_frame({("b", "LY"): 80, ("a", "MO"): 40}, seed=1)], ignore_index=True
-    )
+    grown = pd.concat([old, make_frame({("b", "LY"): 80, ("a", "MO"): 40}, seed=1)], ignore_index=True)
     after = assign_splits(grown, seed=0)
     assert after.iloc[: len(old)].tolist() == before.tolist()
 

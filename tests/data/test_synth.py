@@ -128,9 +128,9 @@ def test_refuses_foreign_folders_and_bad_arguments(tmp_path: Path) -> None:
 
 def _cells(cls: str, n: int = 12, size: int = 64) -> np.ndarray:
     """``n`` lab A fields of class ``cls`` as float RGB 0-255."""
-    return np.stack(
-        [render_cell(cls, LAB_STYLES[0], np.random.default_rng([99, k]), size) for k in range(n)]
-    ).astype(np.float32)
+    return np.stack([render_cell(cls, LAB_STYLES[0], np.random.default_rng([99, k]), size) for k in range(n)]).astype(
+        np.float32
+    )
 
 
 def _od(rgb: np.ndarray) -> np.ndarray:
@@ -175,10 +175,7 @@ def _colour_features(images: np.ndarray) -> np.ndarray:
     """Colour histograms plus the mean colour in rings around the centre (rotation-free)."""
     _n, s = images.shape[:2]
     hist = np.concatenate(
-        [
-            np.stack([np.histogram(im[..., c], bins=16, range=(0, 1))[0] for im in images])
-            for c in range(3)
-        ],
+        [np.stack([np.histogram(im[..., c], bins=16, range=(0, 1))[0] for im in images]) for c in range(3)],
         axis=1,
     ) / (s * s)
     return np.concatenate([hist, _rings(images)], axis=1)

@@ -88,9 +88,7 @@ def test_cached_embeddings_compute_once_per_key(tmp_path: Path) -> None:
     again = cached_embeddings(key, compute, tmp_path / "emb")
     np.testing.assert_array_equal(first, again)
     assert len(calls) == 1
-    other = cached_embeddings(
-        embedding_key(table.subset([0, 1]), side=4) | {"n": 10}, compute, tmp_path / "emb"
-    )
+    other = cached_embeddings(embedding_key(table.subset([0, 1]), side=4) | {"n": 10}, compute, tmp_path / "emb")
     assert len(calls) == 2 and other[0, 0] == 2.0
     assert table_digest(table) != table_digest(table.subset([1, 0]))
     ckpt = tmp_path / "model.ckpt"

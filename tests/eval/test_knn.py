@@ -46,9 +46,7 @@ def test_knn_classify_matches_brute_force(points, exclude_self: bool) -> None:
     feats, labels, _ = points
     k, t = 7, 0.07
     queries = feats if exclude_self else feats[::2] + 0.1
-    pred, scores = knn_classify(
-        feats, labels, queries, k=k, temperature=t, n_classes=3, exclude_self=exclude_self
-    )
+    pred, scores = knn_classify(feats, labels, queries, k=k, temperature=t, n_classes=3, exclude_self=exclude_self)
     sims, idx = brute_neighbours(feats, queries, k, exclude_self)
     expected = np.zeros((len(queries), 3))
     for i in range(len(queries)):

@@ -83,9 +83,7 @@ def test_mixed_depth_each_row_at_its_level() -> None:
     labels = ["SNE", "BNE", "NE", "MY", "IG", "LY"]
     assert s.labels == labels
     assert s.accuracy == pytest.approx(accuracy_score(true_codes, pred_codes))
-    assert s.macro_f1 == pytest.approx(
-        f1_score(true_codes, pred_codes, labels=labels, average="macro")
-    )
+    assert s.macro_f1 == pytest.approx(f1_score(true_codes, pred_codes, labels=labels, average="macro"))
     assert s.balanced_accuracy == pytest.approx(balanced_accuracy_score(true_codes, pred_codes))
 
 

@@ -91,9 +91,7 @@ def loso_table() -> pd.DataFrame:
 
 def test_report_renders_table_image_and_code(tmp_path: Path, loso_table: pd.DataFrame) -> None:
     rng = np.random.default_rng(0)
-    png = scatter_png(
-        rng.normal(size=(30, 2)), ["a", "b", "c"] * 10, "map", tmp_path / "in" / "m.png"
-    )
+    png = scatter_png(rng.normal(size=(30, 2)), ["a", "b", "c"] * 10, "map", tmp_path / "in" / "m.png")
     report = (
         Report("LOSO benchmark")
         .add_heading("Results")
@@ -155,16 +153,12 @@ def test_interactive_map_embeds_thumbnails_offline(tmp_path: Path) -> None:
     assert "<iframe" in report_page and "srcdoc=" in report_page and thumbs[5] in report_page
     assert external_resources(report_page) == []
     # subsampling above max_points is announced in the title
-    small = interactive_scatter_html(
-        rng.normal(size=(12, 2)), frame, "source", tmp_path / "s.html", max_points=5
-    )
+    small = interactive_scatter_html(rng.normal(size=(12, 2)), frame, "source", tmp_path / "s.html", max_points=5)
     assert "5 of 12 points shown" in small.read_text()
 
 
 def test_static_figures(tmp_path: Path) -> None:
-    confusion = pd.DataFrame(
-        [[8, 2, 0], [1, 5, 3]], index=["NE", "LY"], columns=["NE", "LY", "ERB"]
-    )
+    confusion = pd.DataFrame([[8, 2, 0], [1, 5, 3]], index=["NE", "LY"], columns=["NE", "LY", "ERB"])
     f1 = pd.DataFrame({"NE": [0.9, np.nan], "LY": [0.5, 0.7]}, index=["supervised", "dino+ft"])
     bars = pd.DataFrame(
         {

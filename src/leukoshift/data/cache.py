@@ -42,9 +42,7 @@ def cache_key(manifest: Manifest, cfg: ImageConfig) -> str:
         "preprocess": cfg.preprocess,
     }
     if cfg.preprocess != "resize":
-        settings.update(
-            margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction, locator=LOCATOR_VERSION
-        )
+        settings.update(margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction, locator=LOCATOR_VERSION)
     h = hashlib.sha1(manifest.digest().encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     return f"{cfg.preprocess}{cfg.size}-{h.hexdigest()[:16]}"
@@ -91,9 +89,7 @@ def _fill(
 ) -> tuple[list[int], np.ndarray | None]:
     """Decode every row into a new array file; returns the failed rows and located boxes."""
     n = len(manifest)
-    out = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.uint8, shape=(n, 3, cfg.size, cfg.size)
-    )
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, cfg.size, cfg.size))
     boxes = np.zeros((n, 5), dtype=np.int32) if cfg.preprocess != "resize" else None
     failed: list[int] = []
 
@@ -106,13 +102,9 @@ def _fill(
         return i, img, box
 
     paths = list(enumerate(manifest.abs_paths))
-    label = (
-        f"cache {manifest.file.name if manifest.file else 'images'} @ {cfg.size}px {cfg.preprocess}"
-    )
+    label = f"cache {manifest.file.name if manifest.file else 'images'} @ {cfg.size}px {cfg.preprocess}"
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for i, img, box in progress_iter(
-            pool.map(work, paths), total=n, label=label, enabled=progress
-        ):
+        for i, img, box in progress_iter(pool.map(work, paths), total=n, label=label, enabled=progress):
             if isinstance(img, str):
                 failed.append(i)
                 print(f"skipped: {img}")

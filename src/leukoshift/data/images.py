@@ -50,19 +50,33 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def _deep_colour_tiff(im: Image.Image) -> bool:
+    """A colour TIFF with more than 8 bits per sample: Pillow opens it as 8-bit RGB by
+    keeping the high byte (12-bit data turns nearly black) and garbles planar ones."""
+    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA", "RGBX"):
+        return False
+    bits = getattr(im, "tag_v2", {}).get(258, (8,))
+    return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+
+
 def load_rgb(source: Path | str | IO[bytes]) -> np.ndarray:
     """Decode a file (or file-like object) to (H, W, 3) uint8 RGB."""
     name = getattr(source, "name", source)
+    deep_tiff = False
     try:
         with Image.open(source) as im:
-            im.load()
-            return pil_to_rgb(im)
+            deep_tiff = _deep_colour_tiff(im)
+            if not deep_tiff:
+                im.load()
+                return pil_to_rgb(im)
     except UnidentifiedImageError:
         pass
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{name}: corrupt image ({exc})") from None
+    if hasattr(source, "seek"):
+        source.seek(0)  # type: ignore[union-attr]
     # Multi-channel 16-bit TIFFs are beyond PIL; tifffile reads them.
-    if str(name).lower().endswith((".tif", ".tiff")):
+    if deep_tiff or str(name).lower().endswith((".tif", ".tiff")):
         try:
             import tifffile
 
@@ -84,9 +98,7 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """Whole image to ``size`` x ``size`` (aspect not kept: the published resize)."""
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
-    return np.asarray(
-        Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    )
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
 def prepare_image(rgb: np.ndarray, cfg: ImageConfig) -> tuple[np.ndarray, Box | None]:

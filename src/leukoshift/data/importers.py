@@ -98,9 +98,7 @@ def import_pbc(root: Path, label_map: dict[str, str | None] | None = None) -> Wa
     walk = Walk()
     for path in _files(_find_dir(root, "PBC_dataset_normal_DIB")):
         if not _is_image_name(path):
-            walk.rejected.append(
-                Rejected(path, f"not an image file name ({path.suffix or 'no extension'})")
-            )
+            walk.rejected.append(Rejected(path, f"not an image file name ({path.suffix or 'no extension'})"))
             continue
         prefix = path.stem.split("_")[0].upper()
         code = PBC_PREFIXES.get(prefix)
@@ -130,14 +128,10 @@ def _class_folder_walk(
         # Nearest class-named folder wins, so Train/Neutrophil/x.jpg and Neutrophil/x.jpg agree.
         owner = next((part for part in reversed(folders) if is_class(part)), None)
         if not _is_image_name(path):
-            walk.rejected.append(
-                Rejected(path, f"not an image file name ({path.suffix or 'no extension'})")
-            )
+            walk.rejected.append(Rejected(path, f"not an image file name ({path.suffix or 'no extension'})"))
             continue
         if owner is None:
-            raise DataImportError(
-                f"{path.parent}: folder {path.parent.name!r} matches no known cell type; {hint}"
-            )
+            raise DataImportError(f"{path.parent}: folder {path.parent.name!r} matches no known cell type; {hint}")
         code = name_to_code(owner)
         walk.candidates.append(Candidate(path, owner, code or ""))
     return walk
@@ -182,9 +176,7 @@ def import_unlabeled(root: Path, label_map: dict[str, str | None] | None = None)
         if _is_image_name(path):
             walk.candidates.append(Candidate(path, "", ""))
         else:
-            walk.rejected.append(
-                Rejected(path, f"not an image file name ({path.suffix or 'no extension'})")
-            )
+            walk.rejected.append(Rejected(path, f"not an image file name ({path.suffix or 'no extension'})"))
     return walk
 
 
@@ -219,16 +211,8 @@ def import_wbcseg(root: Path, label_map: dict[str, str | None] | None = None) ->
     if not tables:
         raise DataImportError(f"{root}: no 'Class Labels of Dataset N.csv' found here or beside it")
     for table, _number, folder in tables:
-        images = {
-            int(p.stem): p
-            for p in folder.iterdir()
-            if p.suffix.lower() == ".bmp" and p.stem.isdigit()
-        }
-        masks = {
-            int(p.stem): p
-            for p in folder.iterdir()
-            if p.suffix.lower() == ".png" and p.stem.isdigit()
-        }
+        images = {int(p.stem): p for p in folder.iterdir() if p.suffix.lower() == ".bmp" and p.stem.isdigit()}
+        masks = {int(p.stem): p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.stem.isdigit()}
         listed: set[int] = set()
         with table.open(newline="", encoding="utf-8-sig") as fh:
             for lineno, row in enumerate(csv.reader(fh), start=1):
@@ -240,22 +224,14 @@ def import_wbcseg(root: Path, label_map: dict[str, str | None] | None = None) ->
                     image_id = int(row[0])
                     raw = row[1].strip()
                 except (ValueError, IndexError):
-                    raise DataImportError(
-                        f"{table}: line {lineno}: expected 'image id,label 1-5'"
-                    ) from None
+                    raise DataImportError(f"{table}: line {lineno}: expected 'image id,label 1-5'") from None
                 if raw not in WBCSEG_CODES:
-                    raise DataImportError(
-                        f"{table}: line {lineno}: label {raw!r} is not one of 1-5"
-                    )
+                    raise DataImportError(f"{table}: line {lineno}: label {raw!r} is not one of 1-5")
                 listed.add(image_id)
                 if image_id not in images:
-                    walk.rejected.append(
-                        Rejected(folder / f"{image_id:03d}.bmp", "listed in the CSV but missing")
-                    )
+                    walk.rejected.append(Rejected(folder / f"{image_id:03d}.bmp", "listed in the CSV but missing"))
                     continue
-                walk.candidates.append(
-                    Candidate(images[image_id], raw, WBCSEG_CODES[raw], masks.get(image_id))
-                )
+                walk.candidates.append(Candidate(images[image_id], raw, WBCSEG_CODES[raw], masks.get(image_id)))
         for image_id, path in sorted(images.items()):
             if image_id not in listed:
                 walk.rejected.append(Rejected(path, f"not listed in {table.name}"))
@@ -379,9 +355,7 @@ def import_dataset(
         results = pool.map(decode_check, (c.path for c in walk.candidates))
         for cand, res in zip(
             walk.candidates,
-            progress_iter(
-                results, total=len(walk.candidates), label=f"import {source}", enabled=progress
-            ),
+            progress_iter(results, total=len(walk.candidates), label=f"import {source}", enabled=progress),
             strict=True,
         ):
             if isinstance(res, str):
@@ -407,9 +381,7 @@ def import_dataset(
 
     groups = [list(ix) for ix in frame.groupby("sha1", sort=False).indices.values() if len(ix) > 1]
     conflicts = [g for g in groups if frame.loc[g, "label"].nunique() > 1]
-    outside = Counter(
-        frame.loc[(frame["label"] == "") & (frame["original_label"] != ""), "original_label"]
-    )
+    outside = Counter(frame.loc[(frame["label"] == "") & (frame["original_label"] != ""), "original_label"])
     write_manifest(Manifest(frame, Path("/")), out)
     _write_side_tables(out, frame, rejected, groups, conflicts)
     return ImportResult(out, len(frame), rejected, groups, conflicts, outside, frame)

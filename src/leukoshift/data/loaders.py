@@ -115,9 +115,7 @@ def load_table(
     size = image.size
     for part, (path, manifest) in enumerate(zip(manifests, read, strict=True)):
         cache = build_cache(manifest, image, progress=progress)
-        mask = manifest.mask(
-            split=split, sources=sources, exclude_sources=exclude_sources, labelled=labelled
-        )
+        mask = manifest.mask(split=split, sources=sources, exclude_sources=exclude_sources, labelled=labelled)
         if excluded_sha1:
             copies = mask & manifest.frame["sha1"].isin(excluded_sha1).to_numpy()
             if copies.any():
@@ -233,9 +231,7 @@ def make_loader(
     pin_memory: bool | None = None,
 ) -> DataLoader:
     """DataLoader over whole batches (``batch_size=None``: the sampler already batches)."""
-    sampler = ShardedBatchSampler(
-        len(table), batch_size, shuffle, drop_last, seed, rank, world_size
-    )
+    sampler = ShardedBatchSampler(len(table), batch_size, shuffle, drop_last, seed, rank, world_size)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     return DataLoader(
         BatchedImages(table),

@@ -155,9 +155,7 @@ def read_manifest(path: Path | str) -> Manifest:
     return Manifest(frame.reset_index(drop=True), Path(os.path.abspath(path.parent)), path)
 
 
-def write_manifest(
-    manifest: Manifest | pd.DataFrame, path: Path | str, root: Path | None = None
-) -> Path:
+def write_manifest(manifest: Manifest | pd.DataFrame, path: Path | str, root: Path | None = None) -> Path:
     """Write rows with paths relative to the manifest's own folder (when inside it).
 
     The file is replaced atomically, so re-splitting a manifest in place never leaves a
@@ -175,12 +173,8 @@ def write_manifest(
     frame[text_cols] = frame[text_cols].astype(object).where(frame[text_cols].notna(), "")
     frame["path"] = [relative_to(resolve(root, p), path.parent) for p in frame["path"]]
     if "mask" in frame.columns:
-        frame["mask"] = [
-            relative_to(resolve(root, m), path.parent) if m else "" for m in frame["mask"]
-        ]
-    ordered = [c for c in COLUMNS if c in frame.columns] + [
-        c for c in frame.columns if c not in COLUMNS
-    ]
+        frame["mask"] = [relative_to(resolve(root, m), path.parent) if m else "" for m in frame["mask"]]
+    ordered = [c for c in COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in COLUMNS]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         frame[ordered].to_csv(tmp, index=False)

@@ -32,9 +32,7 @@ def _text(column: pd.Series) -> list[str]:
 def check_ratios(ratios: Sequence[float]) -> None:
     """Fail before any work on fractions that are not three non-negative numbers summing to 1."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or not np.isclose(sum(ratios), 1.0):
-        raise UserError(
-            f"split ratios must be three non-negative numbers summing to 1, got {list(ratios)}"
-        )
+        raise UserError(f"split ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
 
 
 def assign_splits(
@@ -68,9 +66,7 @@ def assign_splits(
         n_test = min(n, int(np.floor(n * ratios[2] + 0.5)))
         n_val = min(n - n_test, int(np.floor(n * ratios[1] + 0.5)))
         for rank, unit in enumerate(sorted(members, key=lambda u: (_rank(seed, u), u))):
-            unit_split[unit] = (
-                "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            )
+            unit_split[unit] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     return pd.Series([unit_split[u] for u in units], index=frame.index, dtype=object)
 
 
@@ -84,18 +80,14 @@ class SourceFold:
     leaked: int  # rows removed from training because a byte-identical copy is held out
 
 
-def leave_one_source_out(
-    frame: pd.DataFrame, held_out: Sequence[str] | None = None
-) -> list[SourceFold]:
+def leave_one_source_out(frame: pd.DataFrame, held_out: Sequence[str] | None = None) -> list[SourceFold]:
     """Folds from the ``source`` column; training rows never share a sha1 with the held-out lab."""
     sources = sorted(frame["source"].unique()) if held_out is None else list(held_out)
     folds = []
     for src in sources:
         is_out = (frame["source"] == src).to_numpy()
         if not is_out.any():
-            raise UserError(
-                f"held-out source {src!r} has no rows; sources: {sorted(frame['source'].unique())}"
-            )
+            raise UserError(f"held-out source {src!r} has no rows; sources: {sorted(frame['source'].unique())}")
         out_shas = set(frame.loc[is_out, "sha1"]) - {""}  # an empty hash matches nothing
         shares = frame["sha1"].isin(out_shas).to_numpy() & ~is_out
         folds.append(

@@ -284,9 +284,7 @@ class _Canvas:
         dx, dy = self.x - cx, self.y - cy
         return c * dx + s * dy, -s * dx + c * dy
 
-    def splat(
-        self, px: np.ndarray, py: np.ndarray, weight: np.ndarray, sigma_um: float
-    ) -> np.ndarray:
+    def splat(self, px: np.ndarray, py: np.ndarray, weight: np.ndarray, sigma_um: float) -> np.ndarray:
         """Gaussian blobs of peak ~``weight`` at points (um): bilinear splat, then one filter
         for all of them (thousands of granules cost one convolution)."""
         n = self.size
@@ -298,9 +296,7 @@ class _Canvas:
         w = weight * (2 * np.pi * sigma**2)
         xi = np.concatenate([x0, x0 + 1, x0, x0 + 1])
         yi = np.concatenate([y0, y0, y0 + 1, y0 + 1])
-        wi = np.concatenate(
-            [w * (1 - ax) * (1 - ay), w * ax * (1 - ay), w * (1 - ax) * ay, w * ax * ay]
-        )
+        wi = np.concatenate([w * (1 - ax) * (1 - ay), w * ax * (1 - ay), w * (1 - ax) * ay, w * ax * ay])
         ok = (xi >= 0) & (xi < n) & (yi >= 0) & (yi < n)
         grid = np.bincount(yi[ok] * n + xi[ok], wi[ok], minlength=n * n).astype(np.float32)
         return ndimage.gaussian_filter(grid.reshape(n, n), sigma, mode="constant", truncate=3.0)
@@ -379,9 +375,7 @@ def _lobes(n: int, lobe: float, spread: tuple[float, float], filament: float) ->
             size = lobe * R * rng.uniform(0.85, 1.12)
             d = np.minimum(
                 d,
-                _sd_ellipse(
-                    u - rr * np.sin(a), vv + rr * np.cos(a), size, size * rng.uniform(0.75, 1.0)
-                ),
+                _sd_ellipse(u - rr * np.sin(a), vv + rr * np.cos(a), size, size * rng.uniform(0.75, 1.0)),
             )
         return d
 
@@ -621,9 +615,7 @@ def _platelets(
         ox, oy = (0.0, 0.0) if k == 0 else tuple(rng.normal(0, 1.6, 2))
         px, py = cx + ox, cy + oy
         u, v = canvas.local(px, py, rng.uniform(0, 2 * np.pi))
-        body = canvas.coverage(
-            np.hypot(u, v / rng.uniform(0.7, 1.0)) - r * _wobble(np.arctan2(v, u), rng, 0.12)
-        )
+        body = canvas.coverage(np.hypot(u, v / rng.uniform(0.7, 1.0)) - r * _wobble(np.arctan2(v, u), rng, 0.12))
         gu, gv = _in_disk(rng, int(rng.integers(6, 16)), r * 0.55)
         grains = canvas.splat(px + gu, py + gv, rng.uniform(0.6, 1.4, len(gu)), 0.22) * body
         h = np.maximum(h, body * 0.5) + 1.0 * grains
@@ -695,9 +687,7 @@ def _red_cells(
     return h, e
 
 
-def _scene(
-    cls: str, canvas: _Canvas, rng: np.random.Generator, density: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _scene(cls: str, canvas: _Canvas, rng: np.random.Generator, density: float) -> tuple[np.ndarray, np.ndarray]:
     """Dye maps of one field: the class's cell near the centre on a smear of red cells."""
     jitter = canvas.half_um * 0.18
     cx, cy = rng.uniform(-jitter, jitter, 2)
@@ -793,8 +783,7 @@ def _clear(out: Path, names: list[str]) -> None:
         foreign.insert(0, MANIFEST_NAME)
     if foreign:
         raise SynthError(
-            f"{out / foreign[0]}: exists and was not written by the synthetic generator; "
-            "choose an empty --out folder"
+            f"{out / foreign[0]}: exists and was not written by the synthetic generator; choose an empty --out folder"
         )
     for name in sorted(ours):
         if (out / name).is_dir():
@@ -837,9 +826,7 @@ def render_labs(
     # Written before any image, so an interrupted render is still recognised as ours.
     (out / STAMP_NAME).write_text(json.dumps({**wanted, "complete": False}, indent=1))
 
-    jobs = [
-        (i, c, k) for i in range(labs) for c in range(len(FINE_CLASSES)) for k in range(per_class)
-    ]
+    jobs = [(i, c, k) for i in range(labs) for c in range(len(FINE_CLASSES)) for k in range(per_class)]
     for i, c, k in progress_iter(jobs, total=len(jobs), label="render labs", enabled=progress):
         cls, style = FINE_CLASSES[c], styles[i]
         rng = np.random.default_rng([seed, i, c, k])
@@ -847,16 +834,12 @@ def render_labs(
         if k == 0:
             folder.mkdir(parents=True, exist_ok=True)
         image = render_cell(cls, style, rng, size)
-        (folder / f"{PBC_PREFIX[cls]}_{k + 1:06d}.jpg").write_bytes(
-            encode_jpeg(image, style.jpeg_quality)
-        )
+        (folder / f"{PBC_PREFIX[cls]}_{k + 1:06d}.jpg").write_bytes(encode_jpeg(image, style.jpeg_quality))
 
     lab_manifests = []
     for style in styles:
         path = out / style.name / MANIFEST_NAME
-        import_dataset(
-            "pbc", out / style.name, source=style.name, out=path, seed=seed, progress=progress
-        )
+        import_dataset("pbc", out / style.name, source=style.name, out=path, seed=seed, progress=progress)
         lab_manifests.append(path)
     write_manifest(read_manifests(lab_manifests), manifest)
     (out / STAMP_NAME).write_text(json.dumps(wanted, indent=1))

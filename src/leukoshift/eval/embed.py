@@ -67,11 +67,7 @@ def embed_table(
     if n == 0:
         raise EmbeddingError("the table to embed has no rows")
     loader = make_loader(table, batch_size, shuffle=False, num_workers=num_workers)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     out: np.ndarray | None = None
     batches = progress_iter(loader, total=len(loader), label="embedding", enabled=progress)
     with _eval_mode(encoder), torch.inference_mode(), autocast:
@@ -81,8 +77,7 @@ def embed_table(
             if not isinstance(feats, Tensor) or feats.ndim != 2 or feats.shape[0] != len(x):
                 shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
                 raise EmbeddingError(
-                    f"the encoder must return a (batch, dim) tensor, got {shape} for a batch "
-                    f"of {len(x)}"
+                    f"the encoder must return a (batch, dim) tensor, got {shape} for a batch of {len(x)}"
                 )
             if out is None:
                 out = np.empty((n, feats.shape[1]), dtype=np.float32)
@@ -140,9 +135,7 @@ def table_digest(table: ImageTable) -> str:
     return h.hexdigest()
 
 
-def embedding_key(
-    table: ImageTable, checkpoint: Path | str | None = None, **extra: Any
-) -> dict[str, Any]:
+def embedding_key(table: ImageTable, checkpoint: Path | str | None = None, **extra: Any) -> dict[str, Any]:
     """Key parts for :func:`cached_embeddings`: checkpoint hash (or ``"pixels"``), rows,
     image size, plus anything else the features depend on (``side=16``, ``layer=...``)."""
     return {
@@ -183,7 +176,5 @@ def cached_embeddings(
     tmp = folder / f".{name}.{os.getpid()}.tmp.npy"
     np.save(tmp, feats)
     os.replace(tmp, path)
-    (folder / f"{name}.json").write_text(
-        json.dumps(key_parts, indent=2, sort_keys=True, default=str)
-    )
+    (folder / f"{name}.json").write_text(json.dumps(key_parts, indent=2, sort_keys=True, default=str))
     return feats

@@ -152,9 +152,7 @@ def _check_labels(labels: np.ndarray, n: int, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def vote(
-    sims: np.ndarray, neighbour_labels: np.ndarray, n_classes: int, temperature: float = 0.07
-) -> np.ndarray:
+def vote(sims: np.ndarray, neighbour_labels: np.ndarray, n_classes: int, temperature: float = 0.07) -> np.ndarray:
     """Class scores (Q, C) of a weighted kNN vote, each row summing to 1.
 
     Neighbour ``j`` adds ``exp(sim_j / T)`` to its class (Wu et al. 2018, eq. 8; the DINO
@@ -218,9 +216,7 @@ def knn_accuracy(
     """
     y = _check_labels(query_labels, len(query_feats), "query labels")
     n_classes = int(max(np.max(bank_labels), y.max())) + 1
-    pred, _ = knn_classify(
-        bank_feats, bank_labels, query_feats, k, temperature, n_classes, exclude_self
-    )
+    pred, _ = knn_classify(bank_feats, bank_labels, query_feats, k, temperature, n_classes, exclude_self)
     return float((pred == y).mean())
 
 
@@ -289,9 +285,7 @@ def lab_mixing(
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(chance > 0, per_own / np.where(chance > 0, chance, 1), np.nan)
     label = [str(names[p]) if names is not None else str(p) for p in present]
-    per_source = pd.DataFrame(
-        {"source": label, "n": counts, "own": per_own, "chance": chance, "ratio": ratio}
-    )
+    per_source = pd.DataFrame({"source": label, "n": counts, "own": per_own, "chance": chance, "ratio": ratio})
     overall_own = float(own.mean())
     overall_chance = float((counts * chance).sum() / n)
     return MixingResult(

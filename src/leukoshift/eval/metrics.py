@@ -93,8 +93,7 @@ def _check_probs(fine_probs: np.ndarray, n: int | None = None) -> np.ndarray:
     probs = np.asarray(fine_probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(FINE_CLASSES):
         raise ScoringError(
-            f"predictions must be (N, {len(FINE_CLASSES)}) fine-class probabilities, "
-            f"got shape {probs.shape}"
+            f"predictions must be (N, {len(FINE_CLASSES)}) fine-class probabilities, got shape {probs.shape}"
         )
     if n is not None and probs.shape[0] != n:
         raise ScoringError(f"{probs.shape[0]} prediction rows for {n} truth labels")
@@ -107,9 +106,7 @@ def _check_truth(truth: Sequence[str]) -> list[str]:
     codes = [str(t) if t is not None and not pd.isna(t) else "" for t in truth]
     missing = sum(1 for c in codes if not c)
     if missing:
-        raise ScoringError(
-            f"{missing} of {len(codes)} truth labels are empty; select labelled rows before scoring"
-        )
+        raise ScoringError(f"{missing} of {len(codes)} truth labels are empty; select labelled rows before scoring")
     validate_codes(codes)
     return codes
 
@@ -241,9 +238,7 @@ def score(fine_probs: np.ndarray, truth: Sequence[str], level: ScoreLevel = "aut
     if not true:
         raise ScoringError("nothing to score: the truth is empty")
     labels = ordered(true)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true, pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
     per_class = pd.DataFrame(
         {"precision": precision, "recall": recall, "f1": f1, "support": support},
         index=pd.Index(labels, name="class"),

@@ -216,9 +216,7 @@ def interactive_scatter_html(
                     legendgroup=column,
                     marker={"color": colour, "size": 5, "opacity": 0.8},
                     # local position into the thumbnail list, then the hover text
-                    customdata=[
-                        [int(r), t] for r, t in zip(rows[m], np.asarray(text)[m], strict=True)
-                    ],
+                    customdata=[[int(r), t] for r, t in zip(rows[m], np.asarray(text)[m], strict=True)],
                     hovertemplate="%{customdata[1]}<extra></extra>",
                     visible=j == 0,
                 )
@@ -266,9 +264,7 @@ def interactive_scatter_html(
     return path
 
 
-def confusion_png(
-    confusion: pd.DataFrame, out: Path | str, title: str = "", normalise: bool = True
-) -> Path:
+def confusion_png(confusion: pd.DataFrame, out: Path | str, title: str = "", normalise: bool = True) -> Path:
     """Confusion matrix (truth rows x predicted columns): colour = row share, text = count.
 
     Row-normalised colour shows recall per class regardless of class size; the counts

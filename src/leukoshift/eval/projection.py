@@ -47,9 +47,7 @@ def umap_embed(
     else:
         knn_indices, knn_dists = graph
         if knn_indices.shape != knn_dists.shape or knn_indices.shape[0] != n:
-            raise FeatureError(
-                f"the kNN graph is {knn_indices.shape} / {knn_dists.shape}, not ({n}, k)"
-            )
+            raise FeatureError(f"the kNN graph is {knn_indices.shape} / {knn_dists.shape}, not ({n}, k)")
         if knn_indices.shape[1] < k:
             raise FeatureError(f"the kNN graph has {knn_indices.shape[1]} columns, k={k}")
     # exactly k columns: umap-learn only trims wider graphs above 4096 points, and it

@@ -58,9 +58,7 @@ iframe.embed { width: 100%; border: 1px solid #eee; }
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 
 def _best_mask(df: pd.DataFrame, columns: Sequence[str] | None, largest: bool) -> np.ndarray:
@@ -68,9 +66,7 @@ def _best_mask(df: pd.DataFrame, columns: Sequence[str] | None, largest: bool) -
     mask = np.zeros(df.shape, dtype=bool)
     for column in columns or ():
         if column not in df.columns:
-            raise ReportError(
-                f"cannot mark the best of column {column!r}: not in {list(df.columns)}"
-            )
+            raise ReportError(f"cannot mark the best of column {column!r}: not in {list(df.columns)}")
         values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
         if not np.isfinite(values).any():
             continue
@@ -142,9 +138,7 @@ class Report:
         self.blocks.append(_Block("image", {"path": path, "caption": caption}))
         return self
 
-    def add_html(
-        self, fragment_or_file: str | Path, caption: str = "", height: int = 700
-    ) -> Report:
+    def add_html(self, fragment_or_file: str | Path, caption: str = "", height: int = 700) -> Report:
         """Embed HTML: a file path (copied beside report.md, linked from it) or a string.
 
         A whole page (``<html>`` or ``<!DOCTYPE``), e.g. an interactive map, is embedded
@@ -161,9 +155,7 @@ class Report:
             content = path.read_text(encoding="utf-8")
         else:
             content = str(fragment_or_file)
-        self.blocks.append(
-            _Block("html", {"content": content, "path": path, "caption": caption, "height": height})
-        )
+        self.blocks.append(_Block("html", {"content": content, "path": path, "caption": caption, "height": height}))
         return self
 
     def add_code(self, text: str, lang: str = "") -> Report:
@@ -247,13 +239,7 @@ class Report:
 
 def _table_md(frame: pd.DataFrame, best: np.ndarray, fmt: str, caption: str | None) -> str:
     header = "| " + " | ".join(_md_cell(str(c)) for c in frame.columns) + " |"
-    align = (
-        "|"
-        + "|".join(
-            "---:" if pd.api.types.is_numeric_dtype(frame[c]) else ":---" for c in frame.columns
-        )
-        + "|"
-    )
+    align = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else ":---" for c in frame.columns) + "|"
     rows = []
     for i in range(len(frame)):
         cells = []
@@ -278,24 +264,15 @@ def _table_html(frame: pd.DataFrame, best: np.ndarray, fmt: str, caption: str | 
             cls = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{cls}>{html.escape(_format(value, fmt))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    cap = (
-        f'<caption class="caption">{html.escape(caption)} (best per column highlighted)</caption>'
-        if caption
-        else ""
-    )
-    return (
-        f'<table class="data">{cap}<thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+    cap = f'<caption class="caption">{html.escape(caption)} (best per column highlighted)</caption>' if caption else ""
+    return f'<table class="data">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _image_html(path: Path, caption: str) -> str:
     mime = mimetypes.guess_type(path.name)[0] or "image/png"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return (
-        f'<figure><img src="data:{mime};base64,{data}" alt="{html.escape(caption)}">{cap}</figure>'
-    )
+    return f'<figure><img src="data:{mime};base64,{data}" alt="{html.escape(caption)}">{cap}</figure>'
 
 
 def _embed_html(content: str, caption: str, height: int) -> str:

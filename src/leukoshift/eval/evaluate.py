@@ -1,0 +1,165 @@
+"""``leukoshift evaluate`` and ``leukoshift predict``: a trained model on new images.
+
+A checkpoint is a fine-tuning ``best.ckpt`` (or ``last.ckpt``). Its hyper-parameters
+carry the resolved config, so the image size and the framing (``resize`` / ``centre`` /
+``background``) used in training are applied again here: a model never sees images
+prepared differently from the ones it learned on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from leukoshift.config import ImageConfig
+from leukoshift.data.images import ImageReadError, load_rgb, prepare_image
+from leukoshift.data.importers import IMAGE_EXTENSIONS
+from leukoshift.data.loaders import ImageTable, load_table
+from leukoshift.errors import UserError
+from leukoshift.eval.embed import embed_table
+from leukoshift.eval.metrics import Scores, predictions_frame, score
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_classifier(path: Path | str) -> Any:
+    """A :class:`~leukoshift.finetune.module.ClassifierModule` from a Lightning checkpoint, in eval mode."""
+    from leukoshift.finetune.module import ClassifierModule
+    from leukoshift.models.checkpoints import read_checkpoint
+
+    path = Path(path)
+    raw = read_checkpoint(path)
+    if "hyper_parameters" not in raw or "config" not in raw.get("hyper_parameters", {}):
+        raise UserError(f"{path}: not a fine-tuning checkpoint (no hyper-parameters); pass the run's best.ckpt")
+    model = ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    return model.eval()
+
+
+def image_config_of(model: Any) -> ImageConfig:
+    return model.cfg.data.image
+
+
+def predict_table(
+    model: Any, table: ImageTable, batch_size: int = 256, device: str | None = None, progress: bool = True
+) -> np.ndarray:
+    """(N, 11) fine-class probabilities for every row of ``table``."""
+    device = device or default_device()
+    model = model.to(device).eval()
+    return embed_table(
+        lambda x: model(x).float().softmax(1), table, batch_size=batch_size, device=device, progress=progress
+    )
+
+
+def evaluate_table(model: Any, table: ImageTable, level: str = "auto", progress: bool = False) -> Scores:
+    probs = predict_table(model, table, progress=progress)
+    return score(probs, list(table.frame["label"]), level=level)  # type: ignore[arg-type]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_evaluate(
+    checkpoint: Path,
+    manifests: Sequence[Path],
+    out: Path,
+    split: str = "test",
+    level: str = "auto",
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Score ``checkpoint`` on the labelled rows of ``split`` and write everything to ``out``."""
+    from leukoshift.eval.plots import confusion_png
+    from leukoshift.training import write_json
+
+    model = load_classifier(checkpoint)
+    image = image_config_of(model)
+    table = load_table(manifests, image, split=split, labelled=True)
+    if len(table) == 0:
+        raise UserError(f"no labelled rows in split {split!r} of {', '.join(map(str, manifests))} (try --split all)")
+    probs = predict_table(model, table, batch_size=batch_size)
+    scores = score(probs, list(table.frame["label"]), level=level)  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+    preds = predictions_frame(probs, list(table.frame["path"]), truth=list(table.frame["label"]))
+    preds.insert(1, "source", table.frame["source"].to_numpy())
+    preds.to_csv(out / "predictions.csv", index=False)
+    scores.confusion.to_csv(out / "confusion.csv")
+    confusion_png(scores.confusion, out / "confusion.png")
+    scores.per_class.to_csv(out / "per_class.csv")
+    metrics = {
+        **scores.to_dict(),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha1": _file_digest(checkpoint),
+        "manifests": {str(m): _file_digest(Path(m)) for m in manifests},
+        "split": split,
+        "image": image.model_dump(mode="json"),
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def collect_images(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files and folders -> image files (folders walked recursively) and skipped entries."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                skipped.append((p, "folder holds no image files"))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            skipped.append((p, "not found"))
+    return files, skipped
+
+
+def run_predict(
+    checkpoint: Path,
+    paths: Sequence[Path],
+    out_csv: Path,
+    threshold: float = 0.5,
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Predict files and folders; unreadable files are listed and skipped, never fatal."""
+    model = load_classifier(checkpoint)
+    image = image_config_of(model)
+    files, skipped = collect_images(paths)
+    arrays, kept = [], []
+    for f in files:
+        try:
+            arr, _ = prepare_image(load_rgb(f), image)
+        except ImageReadError as exc:
+            skipped.append((f, str(exc).split(": ", 1)[-1]))
+            continue
+        arrays.append(arr.transpose(2, 0, 1))
+        kept.append(f)
+    for f, why in skipped:
+        print(f"skipped {f}: {why}")
+    if not kept:
+        raise UserError("no readable image among the inputs")
+    device = default_device()
+    model = model.to(device)
+    probs = []
+    with torch.inference_mode():
+        for i in range(0, len(arrays), batch_size):
+            x = torch.from_numpy(np.stack(arrays[i : i + batch_size])).to(device).float() / 255.0
+            probs.append(model(x).float().softmax(1).cpu().numpy())
+    frame = predictions_frame(np.concatenate(probs), [str(f) for f in kept], threshold=threshold)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_csv, index=False)
+    low = int(frame["low_confidence"].sum())
+    print(f"{len(frame)} image(s) predicted -> {out_csv}; {low} below confidence {threshold}; {len(skipped)} skipped")
+    return frame

@@ -1,0 +1,210 @@
+"""``leukoshift finetune``: train the classifier, pick the best epoch, score it, export it.
+
+A run folder ends with ``config.yaml`` (resolved), ``best.ckpt`` and ``last.ckpt``,
+``logs/metrics.csv`` (per epoch), ``backbone.safetensors`` + card, and ``metrics.json``
+for the best checkpoint on the validation and test splits and every external manifest.
+A finished run is skipped when started again with the same config unless ``force``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+import leukoshift
+from leukoshift.config import FinetuneConfig, config_to_dict, save_config
+from leukoshift.data.loaders import ImageTable, load_table
+from leukoshift.data.manifest import ManifestError
+from leukoshift.errors import UserError
+from leukoshift.finetune.loss import class_weights
+from leukoshift.finetune.module import ClassifierModule
+from leukoshift.models.backbones import resolve_name
+from leukoshift.models.checkpoints import export_weights, load_backbone_weights
+from leukoshift.taxonomy import FINE_CLASSES, LABEL_CODES
+from leukoshift.training import (
+    TableDataModule,
+    config_hash,
+    default_run_dir,
+    make_trainer,
+    write_json,
+)
+
+
+@dataclass
+class FinetuneTables:
+    train: ImageTable
+    val: ImageTable
+    test: ImageTable | None
+    external: dict[str, ImageTable]
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Everything that can be checked before any image is read or any model built."""
+    resolve_name(cfg.model.backbone)
+    if not cfg.data.manifests:
+        raise UserError("data.manifests: give at least one labelled manifest (--manifest M)")
+    for path in [*cfg.data.manifests, *cfg.data.external]:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: manifest not found")
+    if cfg.model.init is not None and not Path(cfg.model.init).is_file():
+        raise UserError(f"model.init: {cfg.model.init}: weights file not found")
+
+
+def load_tables(cfg: FinetuneConfig, progress: bool = True) -> FinetuneTables:
+    d = cfg.data
+
+    def table(split: str) -> ImageTable:
+        return load_table(
+            d.manifests, d.image, split=split, exclude_sources=d.exclude_sources, labelled=True, progress=progress
+        )
+
+    train, val = table(d.train_split), table(d.val_split)
+    if len(train) == 0:
+        raise ManifestError(f"no labelled rows in split {d.train_split!r} of {', '.join(map(str, d.manifests))}")
+    if len(val) == 0:
+        raise ManifestError(f"no labelled rows in split {d.val_split!r}: model selection needs a validation split")
+    test = table(d.test_split)
+    external = {
+        Path(m).stem: load_table([m], d.image, split="all", labelled=True, progress=progress) for m in d.external
+    }
+    return FinetuneTables(train, val, test if len(test) else None, external)
+
+
+def build_module(cfg: FinetuneConfig, train: ImageTable) -> ClassifierModule:
+    weights = class_weights(train.labels)
+    summary = {
+        "n_train": len(train),
+        "label_counts": {
+            LABEL_CODES[i]: int((train.labels == i).sum()) for i in range(len(LABEL_CODES)) if (train.labels == i).any()
+        },
+        "sources": train.source_names,
+    }
+    module = ClassifierModule(config_to_dict(cfg), weights.tolist(), train.source_names, summary)
+    if cfg.model.init is not None:
+        load_backbone_weights(module.encoder.backbone, cfg.model.init)
+    module.apply_mode()
+    return module
+
+
+def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
+    check_config(cfg)
+    out = Path(cfg.out) if cfg.out is not None else default_run_dir("finetune", cfg.model.backbone)
+    cfg = cfg.model_copy(update={"out": out})
+    digest = config_hash(config_to_dict(cfg))
+    done = out / "metrics.json"
+    if done.is_file() and not force and not resume:
+        import json
+
+        if json.loads(done.read_text()).get("config_hash") == digest:
+            print(f"{out}: already complete (same config); pass --force to train again")
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+
+    tables = load_tables(cfg, progress)
+    module = build_module(cfg, tables.train)
+    data = TableDataModule(tables.train, tables.val, cfg.data.batch_size, cfg.data.num_workers, cfg.trainer.seed)
+    checkpoint = ModelCheckpoint(
+        dirpath=out, filename="best", monitor="val/macro_f1", mode="max", save_last=True, enable_version_counter=False
+    )
+    stopper = EarlyStopping(monitor="val/macro_f1", mode="max", patience=cfg.early_stopping_patience)
+    trainer = make_trainer(cfg.trainer, out, [checkpoint, stopper])
+    if cfg.trainer.compile:
+        module.encoder = torch.compile(module.encoder)  # type: ignore[assignment]
+    last = out / "last.ckpt"
+    started = time.time()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    if not trainer.is_global_zero:
+        return out
+    best_path = Path(checkpoint.best_model_path or last)
+    best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
+    metrics = score_run(best, tables)
+    export_classifier(best, out, cfg, tables.train)
+    metrics.update(
+        best_checkpoint=str(best_path),
+        best_epoch=_epoch_of(best_path),
+        epochs_run=trainer.current_epoch,
+        train_seconds=round(time.time() - started, 1),
+        config_hash=digest,
+        n_train=len(tables.train),
+    )
+    write_json(done, metrics)
+    _print_summary(out, metrics)
+    return out
+
+
+def _epoch_of(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except (OSError, KeyError, RuntimeError):
+        return None
+
+
+def score_run(model: ClassifierModule, tables: FinetuneTables) -> dict[str, Any]:
+    from leukoshift.eval.evaluate import predict_table
+
+    return score_tables(lambda t: predict_table(model, t, progress=False), tables)
+
+
+def score_tables(predict: Callable[[ImageTable], np.ndarray], tables: FinetuneTables) -> dict[str, Any]:
+    """Scores of one model: validation and test at each row's finest level; external
+    labs at the group level (their 5 white-cell types), as DESIGN.md scores them."""
+    from leukoshift.eval.metrics import score
+
+    def run(table: ImageTable, level: str) -> dict[str, Any]:
+        return score(predict(table), list(table.frame["label"]), level=level).to_dict()  # type: ignore[arg-type]
+
+    out: dict[str, Any] = {"val": run(tables.val, "auto")}
+    if tables.test is not None:
+        out["test"] = run(tables.test, "auto")
+    out["external"] = {name: run(t, "group") for name, t in tables.external.items()}
+    return out
+
+
+def export_classifier(model: ClassifierModule, out: Path, cfg: FinetuneConfig, train: ImageTable) -> None:
+    """``backbone.safetensors`` (for ``--init`` elsewhere) and a card describing it."""
+    card: dict[str, Any] = {
+        "kind": "backbone",
+        "backbone": resolve_name(cfg.model.backbone),
+        "timm_kwargs": cfg.model.kwargs,
+        "image": cfg.data.image.model_dump(mode="json"),
+        "normalization": {
+            "mean": model.encoder.normalize.mean.flatten().tolist(),
+            "std": model.encoder.normalize.std.flatten().tolist(),
+        },
+        "feature_dim": model.encoder.feature_dim,
+        "classes": list(FINE_CLASSES),
+        "training": {
+            "method": f"supervised fine-tuning ({cfg.mode})",
+            "manifests": [str(m) for m in cfg.data.manifests],
+            "sources": train.source_names,
+            "n_train": len(train),
+            "init": str(cfg.model.init)
+            if cfg.model.init
+            else ("timm pretrained" if cfg.model.pretrained else "random"),
+        },
+        "leukoshift_version": leukoshift.__version__,
+    }
+    export_weights(model.encoder.backbone, out / "backbone.safetensors", card)
+
+
+def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
+    rows = [("val", metrics["val"])]
+    if "test" in metrics:
+        rows.append(("test", metrics["test"]))
+    rows += [(f"external {k}", v) for k, v in metrics["external"].items()]
+    print(f"run folder: {out} (best epoch {metrics.get('best_epoch')})")
+    for name, m in rows:
+        print(
+            f"  {name:<24} n={m['n']:<6} level={m['level']:<6} macro-F1 {m['macro_f1']:.3f}  "
+            f"acc {m['accuracy']:.3f}  bal-acc {m['balanced_accuracy']:.3f}"
+        )

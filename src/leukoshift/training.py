@@ -1,0 +1,141 @@
+"""What every Lightning run here shares: precision choice, data module, run folders, seeds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from leukoshift.config import TrainerConfig
+from leukoshift.data.loaders import ImageTable, make_loader
+
+# Lightning notes that our hook runs although a data module is used: that is the design
+# (augmentation belongs to the model, the data module only serves uint8 batches).
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bf16 autocast where the GPU supports it (Ampere and newer), else fp32."""
+    if precision != "auto":
+        return "32-true" if precision == "32" else precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def resolve_workers(value: int | str) -> int:
+    if value != "auto":
+        return int(value)
+    if not torch.cuda.is_available():
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, torch.cuda.device_count()) - 1))
+
+
+def derived_seed(base: int, *parts: str) -> int:
+    """A seed from (base, method, backbone, held-out source, ...): runs differ, reruns repeat."""
+    digest = hashlib.sha1("\0".join([str(base), *parts]).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def default_run_dir(kind: str, name: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / kind / f"{name}-{stamp}"
+
+
+class TableDataModule(pl.LightningDataModule):
+    """Loaders over cached tables, sharded by the trainer's rank (no sampler replacement)."""
+
+    def __init__(
+        self,
+        train: ImageTable | None,
+        val: ImageTable | None,
+        batch_size: int,
+        num_workers: int | str,
+        seed: int,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.train_table, self.val_table = train, val
+        self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
+        self.num_workers = resolve_workers(num_workers)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> Any:
+        assert self.train_table is not None
+        rank, world = self._rank()
+        return make_loader(
+            self.train_table,
+            self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            drop_last=self.drop_last and len(self.train_table) >= self.batch_size * world,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+
+    def val_dataloader(self) -> Any:
+        if self.val_table is None or len(self.val_table) == 0:
+            return []
+        rank, world = self._rank()
+        return make_loader(
+            self.val_table, self.batch_size, shuffle=False, num_workers=self.num_workers, rank=rank, world_size=world
+        )
+
+
+def make_trainer(
+    cfg: TrainerConfig,
+    out: Path,
+    callbacks: list[pl.Callback],
+    monitor_val: bool = True,
+    **extra: Any,
+) -> pl.Trainer:
+    from pytorch_lightning.loggers import CSVLogger
+
+    if torch.cuda.is_available():
+        # TF32 for whatever float32 matrix work is left outside bf16 autocast.
+        torch.set_float32_matmul_precision("high")
+    return pl.Trainer(
+        default_root_dir=str(out),
+        max_epochs=cfg.max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg.precision),  # type: ignore[arg-type]
+        callbacks=callbacks,
+        logger=CSVLogger(str(out), name="logs", version=""),
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_train_batches=cfg.limit_train_batches,
+        num_sanity_val_steps=0 if not monitor_val else 2,
+        limit_val_batches=None if monitor_val else 0,
+        # Inputs have fixed sizes (cached images, fixed crops): let cuDNN pick its fastest
+        # convolution algorithms once instead of using heuristics.
+        benchmark=extra.pop("benchmark", True),
+        **extra,
+    )
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

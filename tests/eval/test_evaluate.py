@@ -1,0 +1,69 @@
+"""``evaluate`` and ``predict`` on a checkpoint: files written, numbers consistent, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukoshift.errors import UserError
+from leukoshift.eval.evaluate import run_evaluate, run_predict
+
+
+def test_evaluate_writes_metrics_confusion_and_predictions(
+    tiny_run: Path, synth_manifest: Path, tmp_path: Path
+) -> None:
+    metrics = run_evaluate(tiny_run / "best.ckpt", [synth_manifest], tmp_path, split="test")
+    for name in ("metrics.json", "confusion.png", "confusion.csv", "predictions.csv", "per_class.csv"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["n"] == metrics["n"] > 0 and saved["level"] == "fine"
+    assert len(saved["checkpoint_sha1"]) == 40 and str(synth_manifest) in saved["manifests"]
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    # the reported accuracy is the share of correct rows in the predictions file
+    assert np.isclose(preds["correct"].mean(), saved["accuracy"])
+    conf = pd.read_csv(tmp_path / "confusion.csv", index_col=0)
+    assert conf.to_numpy().sum() == saved["n"]
+
+
+def test_predict_skips_unreadable_files_and_flags_low_confidence(
+    tiny_run: Path, synth_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = synth_manifest.parent / "lab_a" / "PBC_dataset_normal_DIB" / "basophil"
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    frame = run_predict(
+        tiny_run / "best.ckpt", [folder, bad, tmp_path / "nope.png"], tmp_path / "p.csv", threshold=0.99
+    )
+    out = capsys.readouterr().out
+    assert "skipped" in out and "broken.jpg" in out and "nope.png" in out
+    assert len(frame) == len(list(folder.glob("*.jpg")))
+    assert {"pred_1", "prob_1", "pred_3", "prob_3", "group", "low_confidence"} <= set(frame.columns)
+    assert frame["low_confidence"].all()  # one epoch of training is never 99 % sure
+    assert (frame["prob_1"] >= frame["prob_2"]).all()
+
+
+def test_predict_with_nothing_readable_is_an_error(tiny_run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "x.png"
+    bad.write_text("text")
+    with pytest.raises(UserError, match="no readable image"):
+        run_predict(tiny_run / "best.ckpt", [bad], tmp_path / "p.csv")
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    for args in (
+        ["evaluate", "--checkpoint", str(tmp_path / "junk.ckpt"), "--manifest", "m.csv", "--out", str(tmp_path)],
+        ["predict", "--checkpoint", str(tmp_path / "missing.ckpt"), str(tmp_path)],
+        ["finetune", "--set", "optim.lr=-1"],
+    ):
+        proc = subprocess.run([sys.executable, "-m", "leukoshift", *args], capture_output=True, text=True)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -1,0 +1,178 @@
+"""Fine-tuning end to end on synthetic labs: learning, run folder, resume, init, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from leukoshift.config import ConfigError, FinetuneConfig, load_config
+from leukoshift.errors import UserError
+from leukoshift.eval.evaluate import load_classifier
+from leukoshift.finetune.baselines import run_baseline
+from leukoshift.finetune.module import ClassifierModule
+from leukoshift.finetune.train import run_finetune
+from leukoshift.models.checkpoints import read_card
+
+FAST = [
+    "model.backbone=regnetx_002",
+    "data.image.size=32",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "optim.name=adamw",
+    "optim.lr=0.003",
+    "trainer.progress=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def _cfg(manifest: Path, out: Path, *extra: str) -> FinetuneConfig:
+    return load_config(FinetuneConfig, None, [f"data.manifests=[{manifest}]", f"out={out}", *FAST, *extra])
+
+
+NO_GEOMETRY = [
+    "augment.geometry.flips=false",
+    "augment.geometry.rot90=false",
+    "augment.geometry.rotation=0",
+    "augment.geometry.shear=0",
+    "augment.geometry.crop_scale=[1,1]",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs on lab_a (100 images per class), scored on lab_a's val/test and on lab_b.
+
+    Small batches and no geometric augmentation make two epochs enough to learn: the
+    test is about the training loop, the recipe's augmentation is tested elsewhere.
+    """
+    from leukoshift.data.synth import render_labs
+
+    base = tmp_path_factory.mktemp("ft")
+    manifest = render_labs(base / "data", labs=2, per_class=100, size=40, seed=1, progress=False)
+    lab_b = manifest.parent / "lab_b" / "manifest.csv"
+    cfg = _cfg(
+        manifest,
+        base / "run",
+        "trainer.max_epochs=2",
+        "data.batch_size=8",
+        "optim.lr=0.002",
+        "data.exclude_sources=[lab_b]",
+        f"data.external=[{lab_b}]",
+        "loss.label_smoothing=0",
+        *NO_GEOMETRY,
+    )
+    return run_finetune(cfg, progress=False)
+
+
+def test_two_epochs_beat_chance_and_fill_the_run_folder(trained: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    chance = 1 / 11
+    assert metrics["val"]["level"] == "fine" and metrics["test"]["n"] == 110
+    assert metrics["test"]["macro_f1"] > 1.5 * chance, metrics["test"]["macro_f1"]
+    assert metrics["external"]["manifest"]["level"] == "group"
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "backbone.safetensors", "backbone.json", "logs/metrics.csv"):
+        assert (trained / name).is_file(), name
+    card = read_card(trained / "backbone.safetensors")
+    assert card is not None and card["backbone"] == "regnetx_002" and card["image"]["size"] == 32
+    assert card["training"]["sources"] == ["lab_a"]
+    epochs = (trained / "logs" / "metrics.csv").read_text().count("\n")
+    assert epochs > 2  # per-epoch (and per-step) rows were logged
+
+
+def test_finished_run_is_skipped_and_checkpoint_predicts(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(FinetuneConfig, trained / "config.yaml")
+    before = (trained / "metrics.json").stat().st_mtime
+    run_finetune(cfg, progress=False)
+    assert "already complete" in capsys.readouterr().out
+    assert (trained / "metrics.json").stat().st_mtime == before
+    model = load_classifier(trained / "best.ckpt")
+    assert model.cfg.data.image.size == 32
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.allclose(model(x).softmax(1).sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_init_from_an_exported_backbone_restores_its_weights(
+    trained: Path, synth_manifest: Path, tmp_path: Path
+) -> None:
+    from leukoshift.finetune.train import build_module, load_tables
+
+    cfg = _cfg(synth_manifest, tmp_path / "b", f"model.init={trained / 'backbone.safetensors'}")
+    module = build_module(cfg, load_tables(cfg, progress=False).train)
+    source = load_classifier(trained / "best.ckpt").encoder.backbone.state_dict()
+    for key, value in module.encoder.backbone.state_dict().items():
+        assert torch.equal(value, source[key]), key
+
+
+def test_resume_continues_from_last_checkpoint(synth_manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_finetune(_cfg(synth_manifest, out, "trainer.max_epochs=1"), progress=False)
+    first = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    run_finetune(_cfg(synth_manifest, out, "trainer.max_epochs=2"), resume=True, progress=False)
+    second = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    assert second["epoch"] > first["epoch"]
+    assert second["global_step"] == 2 * first["global_step"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "trainable"), [("linear", {"head"}), ("partial", {"head", "encoder"}), ("full", {"head", "encoder"})]
+)
+def test_modes_freeze_what_they_say(synth_manifest: Path, tmp_path: Path, mode: str, trainable: set[str]) -> None:
+    from leukoshift.config import config_to_dict
+
+    cfg = _cfg(synth_manifest, tmp_path, f"mode={mode}", "unfreeze_blocks=1")
+    module = ClassifierModule(config_to_dict(cfg))
+    module.apply_mode()
+    names = {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad}
+    assert names == trainable
+    backbone = module.encoder.backbone
+    n_train = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in backbone.parameters())
+    if mode == "partial":
+        assert 0 < n_train < total
+        # frozen blocks keep batch-norm statistics in training mode too
+        module.train()
+        assert not backbone.stem.training and backbone.s4.training
+    elif mode == "full":
+        assert n_train == total
+
+
+def test_coarse_only_source_trains_through_groups(tmp_path: Path, synth_manifest: Path) -> None:
+    """A lab labelled with NE (no SNE/BNE) mixes with a fine-labelled lab in one run."""
+    import pandas as pd
+
+    frame = pd.read_csv(synth_manifest, dtype=str, keep_default_na=False)
+    coarse = frame["source"] == "lab_b"
+    frame.loc[coarse & frame["label"].isin(["SNE", "BNE"]), "label"] = "NE"
+    frame.loc[coarse & frame["label"].isin(["MMY", "MY", "PMY"]), "label"] = "IG"
+    frame["path"] = [str(synth_manifest.parent / p) for p in frame["path"]]
+    mixed = tmp_path / "mixed.csv"
+    frame.to_csv(mixed, index=False)
+    out = tmp_path / "run"
+    run_finetune(_cfg(mixed, out, "trainer.max_epochs=1"), progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val"]["level"] == "mixed"
+    assert metrics["val"]["n_group"] > 0 and metrics["val"]["n_fine"] > 0
+
+
+def test_logreg_baseline_learns_in_lab(synth_manifest: Path, tmp_path: Path) -> None:
+    cfg = _cfg(synth_manifest, tmp_path / "lr", "data.exclude_sources=[lab_b]")
+    run_baseline(cfg, "logreg", pixel_side=16, progress=False)
+    metrics = json.loads((tmp_path / "lr" / "metrics.json").read_text())
+    assert metrics["test"]["macro_f1"] > 0.4
+
+
+def test_bad_configs_fail_before_any_work(synth_manifest: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown backbone 'resnet9'"):
+        run_finetune(_cfg(synth_manifest, tmp_path, "model.backbone=resnet9"))
+    with pytest.raises(UserError, match="missing.csv: manifest not found"):
+        run_finetune(_cfg(tmp_path / "missing.csv", tmp_path))
+    with pytest.raises(UserError, match="model.init: .*weights file not found"):
+        run_finetune(_cfg(synth_manifest, tmp_path, f"model.init={tmp_path / 'none.pth'}"))
+    with pytest.raises(ConfigError, match="mode"):
+        _cfg(synth_manifest, tmp_path, "mode=sideways")
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
+        _cfg(synth_manifest, tmp_path, "optim.lrr=1")
+    assert not (tmp_path / "config.yaml").exists()
