@@ -18,7 +18,7 @@
 set -u -o pipefail
 OUT=${OUT:-/tmp/leukoshift-gpu}
 SMOKE=${SMOKE:-0}
-DEADLINE=${DEADLINE:-400}   # seconds from the start by which training processes are stopped
+DEADLINE=${DEADLINE:-360}   # seconds from the start by which training processes are stopped
 START=$(date +%s)
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session.log") 2>&1
@@ -36,17 +36,21 @@ if [ "$SMOKE" = 1 ]; then
   THROUGHPUT=(--device cpu --backbone vit_tiny --model-kwargs depth=2 --global-size 64 --local-size 32
               --n-local 2 --batch-size 16 --workers 1 --steps 2 --warmup 1 --repeats 2 --max-images 64)
   SSL_EPOCHS=1
+  SSL_TIME=00:01:00:00
 else
   PY=python3
   DEVICE=cuda
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD/src
-  TINY=()
-  LOSO_TINY=()
   THROUGHPUT=(--device cuda --backbone vit_small --global-size 224 --local-size 96 --n-local 6
-              --batch-size 256 --workers 14 --steps 14 --warmup 4 --repeats 5 --max-images 1024 --budget 150)
-  SSL_EPOCHS=25
+              --batch-size 256 --workers 14 --steps 14 --warmup 4 --repeats 5 --max-images 1024 --budget 110)
+  SSL_EPOCHS=20
+  # Safety nets inside the deadline: a run that is slower than planned stops gracefully
+  # (Lightning's max_time) and still writes its checkpoint, export and metrics.
+  TINY=(--set trainer.max_time=00:00:02:00)
+  LOSO_TINY=(--set finetune.trainer.max_time=00:00:02:00 --set pretrain.trainer.max_time=00:00:03:00)
+  SSL_TIME=00:00:03:00
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 LS=("$PY" -m leukoshift)
@@ -78,7 +82,8 @@ log "training"
 bg ft_centre_scale "${FT[@]}" --out $R/ft_centre_scale "${COMMON[@]}"
 bg ft_centre_scale_stain "${FT[@]}" --out $R/ft_centre_scale_stain "${COMMON[@]}" "${STAIN[@]}"
 bg dino_all bash -c "$(printf '%q ' "${LS[@]}") ssl pretrain -c configs/dino_shared_cpu.yaml --out $R/dino_all \
-  --set trainer.max_epochs=$SSL_EPOCHS --set 'monitor.manifests=[]' $(printf '%q ' "${COMMON[@]}") \
+  $(printf '%q ' "${COMMON[@]}") --set trainer.max_epochs=$SSL_EPOCHS --set trainer.max_time=$SSL_TIME \
+  --set 'monitor.manifests=[]' \
   && $(printf '%q ' "${FT[@]}") --init $R/dino_all/backbone.safetensors --out $R/ft_dino_stain \
   $(printf '%q ' "${COMMON[@]}" "${STAIN[@]}")"
 for fold in cellavision bccd_crops bionet; do
@@ -100,7 +105,7 @@ log "training done"; cat "$R/logs/status"
 
 # ------------------------------------------------------------------ 2. throughput, alone on the GPU now
 log "throughput"
-timeout 200 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" --data .device_payload/pbc_subset \
+timeout 160 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" --data .device_payload/pbc_subset \
     --json-out "$OUT/throughput_gpu.json" > "$OUT/throughput_gpu.log" 2>&1
 log "throughput exit $?"; tail -12 "$OUT/throughput_gpu.log"
 
@@ -121,6 +126,6 @@ for run in dino_all ft_centre_scale; do
   [ -f $R/$run/backbone.safetensors ] && cp $R/$run/backbone.safetensors "$OUT/${run}_backbone.safetensors"
 done
 [ -f $R/ft_dino_stain_weights.ckpt ] && cp $R/ft_dino_stain_weights.ckpt "$OUT/ft_dino_stain_weights.ckpt"
-tar czf "$OUT/results.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.npy' runs/gpu
+tar czf "$OUT/results.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.npy' --exclude='*.joblib' runs/gpu
 ls -la "$OUT"
 log "done"

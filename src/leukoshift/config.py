@@ -215,6 +215,11 @@ class TrainerConfig(Strict):
     seed: int = 0
     compile: bool = Field(False, description="torch.compile the backbone")
     limit_train_batches: float | int | None = None
+    max_time: str | None = Field(
+        None,
+        pattern=r"^\d{2}:\d{2}:\d{2}:\d{2}$",
+        description="DD:HH:MM:SS: stop gracefully after this long (checkpoints and exports still written)",
+    )
     log_every_n_steps: int = Field(10, ge=1)
     progress: bool = True
 

@@ -122,6 +122,7 @@ def make_trainer(
         enable_model_summary=False,
         use_distributed_sampler=False,
         limit_train_batches=cfg.limit_train_batches,
+        max_time=cfg.max_time,
         num_sanity_val_steps=0 if not monitor_val else 2,
         limit_val_batches=None if monitor_val else 0,
         # Inputs have fixed sizes (cached images, fixed crops): let cuDNN pick its fastest
