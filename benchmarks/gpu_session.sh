@@ -44,13 +44,14 @@ else
       --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD/src
   THROUGHPUT=(--device cuda --backbone vit_small --global-size 224 --local-size 96 --n-local 6
-              --batch-size 256 --workers 14 --steps 14 --warmup 4 --repeats 5 --max-images 1024 --budget 110)
+              --batch-size 256 --workers 14 --steps 14 --warmup 4 --repeats 5 --max-images 1024 --budget ${TP_BUDGET:-110})
   SSL_EPOCHS=20
   # Safety nets inside the deadline: a run that is slower than planned stops gracefully
   # (Lightning's max_time) and still writes its checkpoint, export and metrics.
-  TINY=(--set trainer.max_time=00:00:02:00)
-  LOSO_TINY=(--set finetune.trainer.max_time=00:00:02:00 --set pretrain.trainer.max_time=00:00:03:00)
-  SSL_TIME=00:00:03:00
+  FT_TIME=${FT_TIME:-00:00:02:00}
+  SSL_TIME=${SSL_TIME:-00:00:03:00}
+  TINY=(--set trainer.max_time=$FT_TIME)
+  LOSO_TINY=(--set finetune.trainer.max_time=$FT_TIME --set pretrain.trainer.max_time=$SSL_TIME)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 LS=("$PY" -m leukoshift)
@@ -79,15 +80,18 @@ bg() {  # name, then the command; its log and exit status land in $R/logs
   pids+=($!)
 }
 log "training"
-bg ft_centre_scale "${FT[@]}" --out $R/ft_centre_scale "${COMMON[@]}"
-bg ft_centre_scale_stain "${FT[@]}" --out $R/ft_centre_scale_stain "${COMMON[@]}" "${STAIN[@]}"
+ONLY_SSL=${ONLY_SSL:-0}   # 1: only the self-supervised runs (a rerun after they failed)
+[ "$ONLY_SSL" = 1 ] || bg ft_centre_scale "${FT[@]}" --out $R/ft_centre_scale "${COMMON[@]}"
+[ "$ONLY_SSL" = 1 ] || bg ft_centre_scale_stain "${FT[@]}" --out $R/ft_centre_scale_stain "${COMMON[@]}" "${STAIN[@]}"
 bg dino_all bash -c "$(printf '%q ' "${LS[@]}") ssl pretrain -c configs/dino_shared_cpu.yaml --out $R/dino_all \
   $(printf '%q ' "${COMMON[@]}") --set trainer.max_epochs=$SSL_EPOCHS --set trainer.max_time=$SSL_TIME \
   --set 'monitor.manifests=[]' \
   && $(printf '%q ' "${FT[@]}") --init $R/dino_all/backbone.safetensors --out $R/ft_dino_stain \
   $(printf '%q ' "${COMMON[@]}" "${STAIN[@]}")"
 for fold in cellavision bccd_crops bionet; do
-  for methods in supervised,features+svm supervised+stain dino+ft logreg; do
+  all_methods="supervised,features+svm supervised+stain dino+ft logreg"
+  [ "$ONLY_SSL" = 1 ] && all_methods="dino+ft"
+  for methods in $all_methods; do
     bg "loso_${fold}_${methods//[,+]/_}" "${LS[@]}" benchmark loso -c configs/loso_shared_cpu.yaml \
         --set "held_out=[$fold]" --methods "$methods" "${LOSO_COMMON[@]}"
   done
@@ -105,7 +109,7 @@ log "training done"; cat "$R/logs/status"
 
 # ------------------------------------------------------------------ 2. throughput, alone on the GPU now
 log "throughput"
-timeout 160 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" --data .device_payload/pbc_subset \
+timeout ${TP_TIMEOUT:-160} "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" --data .device_payload/pbc_subset \
     --json-out "$OUT/throughput_gpu.json" > "$OUT/throughput_gpu.log" 2>&1
 log "throughput exit $?"; tail -12 "$OUT/throughput_gpu.log"
 

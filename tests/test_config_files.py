@@ -28,5 +28,13 @@ def test_shipped_config_validates(path: Path) -> None:
 
 def test_there_are_configs_for_every_kind() -> None:
     names = {p.name for p in CONFIGS}
-    assert {"loso_demo.yaml", "loso_shared_cpu.yaml", "loso_paper.yaml", "dino_vit_small.yaml",
-            "dino_vit_base.yaml", "simclr_vgg16.yaml", "simclr_resnet50.yaml", "dino_shared_cpu.yaml"} <= names
+    assert {
+        "loso_demo.yaml",
+        "loso_shared_cpu.yaml",
+        "loso_paper.yaml",
+        "dino_vit_small.yaml",
+        "dino_vit_base.yaml",
+        "simclr_vgg16.yaml",
+        "simclr_resnet50.yaml",
+        "dino_shared_cpu.yaml",
+    } <= names

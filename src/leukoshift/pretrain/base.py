@@ -189,7 +189,9 @@ class SSLModule(pl.LightningModule):
             {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0, "apply_wd": False},
         ]
         if o.name == "adamw":
-            fused = {"fused": True} if torch.cuda.is_available() else {}
+            # A fused AdamW unscales inside its step, which Lightning's gradient clipping
+            # under mixed precision cannot follow: fuse only when nothing is clipped.
+            fused = {"fused": True} if torch.cuda.is_available() and not o.clip_grad else {}
             return torch.optim.AdamW(groups, lr=self.peak_lr(), weight_decay=o.weight_decay, **fused)
         if o.name == "lars":
             from lightly.utils.lars import LARS
