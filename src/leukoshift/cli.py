@@ -375,7 +375,7 @@ def diagnose(
     if "lab_mixing" in numbers:
         m = numbers["lab_mixing"]
         console.print(
-            f"lab mixing own/chance {m['overall_ratio']:.2f}; "
+            f"lab isolation (mean over labs, 0 mixed .. 1 island) {m['mean_isolation']:.2f}; "
             f"lab probe accuracy {numbers['source_probe']['accuracy']:.3f}"
         )
     if "knn_accuracy_group" in numbers:

@@ -88,10 +88,12 @@ def test_lab_mixing_matches_brute_force(points) -> None:
         assert row.own == pytest.approx(own[sources == s].mean())
         assert row.chance == pytest.approx((n_s - 1) / (n - 1))
         assert row.ratio == pytest.approx(row.own / row.chance)
+        assert row.isolation == pytest.approx((row.own - row.chance) / (1 - row.chance))
     assert result.overall_own == pytest.approx(own.mean())
     chance = sum((sources == s).sum() * ((sources == s).sum() - 1) / (n - 1) for s in range(3)) / n
     assert result.overall_chance == pytest.approx(chance)
     assert result.to_dict()["per_source"][0]["source"] == "a"
+    assert result.mean_isolation == pytest.approx(result.per_source["isolation"].mean())
 
 
 def test_lab_mixing_separated_versus_mixed_sources() -> None:
@@ -104,6 +106,18 @@ def test_lab_mixing_separated_versus_mixed_sources() -> None:
     assert apart.overall_own == 1.0
     assert apart.overall_ratio == pytest.approx(1.0 / (99 / 199))
     assert together.overall_ratio == pytest.approx(1.0, abs=0.2)
+    assert apart.mean_isolation == pytest.approx(1.0)
+    assert abs(together.mean_isolation) < 0.2
+
+
+def test_isolation_sees_a_small_lab_island_that_the_overall_ratio_hides() -> None:
+    rng = np.random.default_rng(3)
+    sources = np.repeat([0, 1], [950, 50])
+    feats = rng.normal(size=(1000, 8))
+    feats[sources == 1, 0] += 8.0  # the small lab is an island
+    result = lab_mixing(feats, sources, k=10)
+    assert result.overall_ratio < 1.1  # dominated by the big, mixed-with-itself lab
+    assert result.mean_isolation > 0.45
 
 
 def test_source_probe_detects_lab_identity() -> None:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from leukoshift.config import PretrainConfig, config_to_dict, load_config
 from leukoshift.errors import UserError
 from leukoshift.models.checkpoints import read_card
-from leukoshift.pretrain.dino import DINO
+from leukoshift.pretrain.base import adamw_fused
+from leukoshift.pretrain.dino import DINO, target_entropy
 from leukoshift.pretrain.simclr import SimCLR
 from leukoshift.pretrain.train import run_pretrain
 
@@ -81,6 +82,27 @@ def test_dino_loss_matches_reference(synth_manifest: Path, tmp_path: Path) -> No
     batch_mean = torch.stack(teacher).mean(dim=(0, 1), keepdim=True).view(1, 1, -1)
     m = module.cfg.dino.center_momentum
     assert torch.allclose(crit.center, center * m + batch_mean * (1 - m), atol=1e-6)
+
+
+def test_adamw_is_fused_only_on_gpu_without_clipping() -> None:
+    # Lightning refuses to clip the gradients of a fused AdamW under bf16 (the GPU run's failure).
+    assert adamw_fused(clip_grad=3.0, cuda=True) is None
+    assert adamw_fused(clip_grad=0.0, cuda=True) is True
+    assert adamw_fused(clip_grad=0.0, cuda=False) is None
+
+
+def test_teacher_entropy_flags_uniform_collapse() -> None:
+    torch.manual_seed(0)
+    center = torch.zeros(1, 1, 64)
+    same = torch.randn(1, 64).expand(8, 64)  # every image the same output
+    collapsed = target_entropy([same, same], same.mean(0, keepdim=True).unsqueeze(0), 0.04)
+    assert collapsed.item() == pytest.approx(1.0, abs=1e-4)
+    distinct = torch.eye(64)[:8] * 5.0  # each image its own prototype
+    healthy = target_entropy([distinct, distinct], center, 0.04)
+    assert healthy.item() < 0.05
+    # Random outputs at the start of training are near uniform, but not there.
+    start = target_entropy([torch.randn(8, 64) * 0.1, torch.randn(8, 64) * 0.1], center, 0.04)
+    assert 0.3 < start.item() < 0.97
 
 
 def test_simclr_loss_matches_reference(synth_manifest: Path, tmp_path: Path) -> None:
@@ -164,6 +186,7 @@ def test_pretrain_run_folder_and_monitor(pretrained: Path) -> None:
     history = json.loads((pretrained / "monitor.json").read_text())["history"]
     assert len(history) == 1 and 0.0 <= history[0]["knn_acc"] <= 1.0
     assert history[0]["lab_mixing"] >= 0.0
+    assert -1.0 <= history[0]["lab_isolation"] <= 1.0
     assert (pretrained / "last.ckpt").is_file() and (pretrained / "config.yaml").is_file()
 
 

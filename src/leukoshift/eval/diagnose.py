@@ -143,7 +143,7 @@ def mixing_table(numbers: dict[str, Any]) -> pd.DataFrame | None:
     if not mixing:
         return None
     return pd.DataFrame(mixing["per_source"]).rename(
-        columns={"own": "own-source fraction", "chance": "chance", "ratio": "own / chance"}
+        columns={"own": "own-source fraction", "chance": "chance", "ratio": "own / chance", "isolation": "isolation"}
     )
 
 
@@ -156,7 +156,8 @@ def write_diagnose_report(numbers: dict[str, Any], out: Path) -> tuple[Path, Pat
         report.add_text(
             "Own-source fraction among each image's nearest neighbours against the fraction a "
             "random neighbour would give. A ratio of 1 means the labs are mixed; the maximum "
-            "(N / n_source) means each lab is an island."
+            "(N / n_source) means each lab is an island. Isolation rescales the same numbers to "
+            "0 (mixed) .. 1 (island) so labs of different sizes compare."
         )
         report.add_table(table, caption="per source")
     report.add_heading("UMAP")
@@ -180,8 +181,10 @@ def _headline(numbers: dict[str, Any]) -> str:
     if "lab_mixing" in numbers:
         m = numbers["lab_mixing"]
         parts.append(
-            f"Lab mixing: {m['overall_own']:.2f} of neighbours share the image's lab against {m['overall_chance']:.2f} "
-            f"by chance (ratio **{m['overall_ratio']:.2f}**, 1 = mixed)."
+            f"Lab isolation, averaged over labs: **{m['mean_isolation']:.2f}** (0: neighbours from the labs at "
+            f"random, 1: every neighbour from the image's own lab). Size-weighted, {m['overall_own']:.2f} of "
+            f"neighbours share the image's lab against {m['overall_chance']:.2f} by chance (ratio "
+            f"{m['overall_ratio']:.2f}, 1 = mixed), a number the largest lab dominates."
         )
         p = numbers["source_probe"]
         parts.append(

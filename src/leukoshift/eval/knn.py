@@ -227,8 +227,12 @@ class MixingResult:
     ``own`` is the per-image fraction of its k neighbours (itself excluded) sharing its
     source; ``per_source`` has, per source, ``n``, the mean ``own`` fraction, ``chance``
     = (n_s - 1) / (N - 1), the fraction a random neighbour would give, and
-    ``ratio`` = own / chance. The overall numbers weight sources by size. A ratio of 1
-    means labs are perfectly mixed; N / n_s (its maximum) means each lab is an island.
+    ``ratio`` = own / chance, and ``isolation`` = (own - chance) / (1 - chance): 0 when
+    neighbours come from the labs at random, 1 when every neighbour is from the own lab.
+    The overall own / chance numbers weight sources by size, so one large lab can hide
+    the others' islands (PBC's 17,000 images beside 100 from CellaVision);
+    ``mean_isolation`` averages the labs unweighted and cannot be hidden that way.
+    A ratio of 1 means labs are perfectly mixed; N / n_s (its maximum) means each lab is an island.
     """
 
     k: int
@@ -237,6 +241,7 @@ class MixingResult:
     overall_own: float
     overall_chance: float
     overall_ratio: float
+    mean_isolation: float
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,6 +249,7 @@ class MixingResult:
             "overall_own": self.overall_own,
             "overall_chance": self.overall_chance,
             "overall_ratio": self.overall_ratio,
+            "mean_isolation": self.mean_isolation,
             "per_source": [
                 {
                     "source": str(row.source),
@@ -251,6 +257,7 @@ class MixingResult:
                     "own": float(row.own),
                     "chance": float(row.chance),
                     "ratio": float(row.ratio),
+                    "isolation": float(row.isolation),
                 }
                 for row in self.per_source.itertuples()
             ],
@@ -284,8 +291,11 @@ def lab_mixing(
     chance = (counts - 1) / (n - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(chance > 0, per_own / np.where(chance > 0, chance, 1), np.nan)
+        isolation = np.where(chance < 1, (per_own - chance) / np.where(chance < 1, 1 - chance, 1), np.nan)
     label = [str(names[p]) if names is not None else str(p) for p in present]
-    per_source = pd.DataFrame({"source": label, "n": counts, "own": per_own, "chance": chance, "ratio": ratio})
+    per_source = pd.DataFrame(
+        {"source": label, "n": counts, "own": per_own, "chance": chance, "ratio": ratio, "isolation": isolation}
+    )
     overall_own = float(own.mean())
     overall_chance = float((counts * chance).sum() / n)
     return MixingResult(
@@ -295,6 +305,7 @@ def lab_mixing(
         overall_own=overall_own,
         overall_chance=overall_chance,
         overall_ratio=overall_own / overall_chance if overall_chance > 0 else float("nan"),
+        mean_isolation=float(np.nanmean(isolation)) if np.isfinite(isolation).any() else float("nan"),
     )
 
 

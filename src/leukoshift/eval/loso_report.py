@@ -59,7 +59,7 @@ def write_loso_report(loso: Loso, results: list[dict[str, Any]], tables: LosoTab
     report.add_table(
         table,
         highlight_max_per_column=[c for c in table.columns if c != "method"],
-        caption="rows: methods; columns: the lab held out; best per column in bold",
+        caption="rows: methods; columns: the lab held out",
     )
     std = tables.summary.pivot(index="method", columns="held_out", values="macro_f1_std").reset_index()
     if len(cfg.seeds) > 1:
@@ -133,7 +133,7 @@ def write_loso_report(loso: Loso, results: list[dict[str, Any]], tables: LosoTab
         )
         report.add_table(
             diag,
-            highlight_min_per_column=["lab mixing (own/chance)", "lab probe accuracy"],
+            highlight_min_per_column=["lab isolation (0 mixed, 1 island)", "lab probe accuracy"],
             highlight_max_per_column=["kNN accuracy (groups)"],
         )
         for name in ("umap_pixels_source", "umap_best_source", "umap_best_class"):
@@ -186,7 +186,7 @@ def _diagnostics(loso: Loso, results: list[dict[str, Any]], figs: Path) -> pd.Da
         rows_out.append(
             {
                 "features": name,
-                "lab mixing (own/chance)": d.get("lab_mixing", {}).get("overall_ratio", np.nan),
+                "lab isolation (0 mixed, 1 island)": d.get("lab_mixing", {}).get("mean_isolation", np.nan),
                 "lab probe accuracy": d.get("source_probe", {}).get("accuracy", np.nan),
                 "kNN accuracy (groups)": d.get("knn_accuracy_group", np.nan),
                 "silhouette class": (d.get("silhouette") or {}).get("class"),

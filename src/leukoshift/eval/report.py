@@ -248,7 +248,8 @@ def _table_md(frame: pd.DataFrame, best: np.ndarray, fmt: str, caption: str | No
             cells.append(f"**{text}**" if best[i, j] else text)
         rows.append("| " + " | ".join(cells) + " |")
     table = "\n".join([header, align, *rows])
-    return table + (f"\n\n*{caption}* (best per column in bold)" if caption else "")
+    note = " (best per column in bold)" if best.any() else ""
+    return table + (f"\n\n*{caption}*{note}" if caption else "")
 
 
 def _table_html(frame: pd.DataFrame, best: np.ndarray, fmt: str, caption: str | None) -> str:
@@ -264,7 +265,8 @@ def _table_html(frame: pd.DataFrame, best: np.ndarray, fmt: str, caption: str | 
             cls = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{cls}>{html.escape(_format(value, fmt))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    cap = f'<caption class="caption">{html.escape(caption)} (best per column highlighted)</caption>' if caption else ""
+    note = " (best per column highlighted)" if best.any() else ""
+    cap = f'<caption class="caption">{html.escape(caption)}{note}</caption>' if caption else ""
     return f'<table class="data">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 

@@ -58,6 +58,12 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float, end: float) -
     return cosine_schedule(step - warmup, max(1, total - warmup), peak, end)
 
 
+def adamw_fused(clip_grad: float, cuda: bool) -> bool | None:
+    """Fuse AdamW on the GPU only when nothing is clipped: a fused AdamW unscales inside
+    its step, which Lightning's gradient clipping under mixed precision cannot follow."""
+    return True if cuda and not clip_grad else None
+
+
 class SSLModule(pl.LightningModule):
     """Base LightningModule for DINO / SimCLR; ``embed`` gives evaluation features."""
 
@@ -162,7 +168,7 @@ class SSLModule(pl.LightningModule):
 
     def peak_lr(self) -> float:
         """Linear scaling rule (Goyal et al. 2017, as in DINO): base lr per 256 images."""
-        world = self.trainer.world_size if self.trainer is not None else 1
+        world = self._trainer.world_size if self._trainer is not None else 1
         return self.cfg.optim.lr * self.cfg.data.batch_size * world / 256.0
 
     def _apply_schedules(self) -> None:
@@ -189,10 +195,8 @@ class SSLModule(pl.LightningModule):
             {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0, "apply_wd": False},
         ]
         if o.name == "adamw":
-            # A fused AdamW unscales inside its step, which Lightning's gradient clipping
-            # under mixed precision cannot follow: fuse only when nothing is clipped.
-            fused = {"fused": True} if torch.cuda.is_available() and not o.clip_grad else {}
-            return torch.optim.AdamW(groups, lr=self.peak_lr(), weight_decay=o.weight_decay, **fused)
+            fused = adamw_fused(o.clip_grad, torch.cuda.is_available())
+            return torch.optim.AdamW(groups, lr=self.peak_lr(), weight_decay=o.weight_decay, fused=fused)
         if o.name == "lars":
             from lightly.utils.lars import LARS
 

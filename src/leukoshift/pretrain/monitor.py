@@ -2,7 +2,8 @@
 
 Every N epochs the evaluation backbone embeds a labelled bank (train split) and query
 set (validation split), then logs faiss kNN accuracy (weighted vote, Wu et al. 2018) and
-the lab-mixing ratio (own-source fraction among neighbours / chance; 1 = fully mixed).
+the lab-mixing ratio (own-source fraction among neighbours / chance; 1 = fully mixed)
+and the lab isolation averaged over labs (0 = mixed, 1 = every lab an island).
 Both run on rank 0 only and touch no collectives.
 """
 
@@ -48,7 +49,11 @@ class KNNMonitor(pl.Callback):
         feats = np.concatenate([bank, query])
         sources = np.concatenate([self.bank.sources, self.query.sources])
         mixing = lab_mixing(feats, sources, k=10) if len(np.unique(sources)) > 1 else None
-        return {"knn_acc": acc, "lab_mixing": mixing.overall_ratio if mixing else float("nan")}
+        return {
+            "knn_acc": acc,
+            "lab_mixing": mixing.overall_ratio if mixing else float("nan"),
+            "lab_isolation": mixing.mean_isolation if mixing else float("nan"),
+        }
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -62,6 +67,8 @@ class KNNMonitor(pl.Callback):
         pl_module.log("monitor/knn_acc", result["knn_acc"], rank_zero_only=True)
         if not np.isnan(result["lab_mixing"]):
             pl_module.log("monitor/lab_mixing", result["lab_mixing"], rank_zero_only=True)
+            pl_module.log("monitor/lab_isolation", result["lab_isolation"], rank_zero_only=True)
         print(
-            f"epoch {epoch}: kNN accuracy {result['knn_acc']:.3f}, lab mixing (own/chance) {result['lab_mixing']:.2f}"
+            f"epoch {epoch}: kNN accuracy {result['knn_acc']:.3f}, lab mixing (own/chance) "
+            f"{result['lab_mixing']:.2f}, lab isolation {result['lab_isolation']:.2f} (0 mixed, 1 island)"
         )

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 4 on this 2-core CPU: SimCLR on every image of ../shared/data, then (a) faiss kNN on
+# PBC test (PBC train as the bank) against random weights, and (b) fine-tuning on PBC train
+# from the SSL backbone and from random init, both with stain augmentation, the same
+# 14-minute budget each, scored on PBC test and, at the 5-type level, the external labs.
+# Needs `make data-shared`. Results: $OUT/*/metrics.json, benchmarks/results/issue4/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LS=.venv/bin/leukoshift
+OUT=${OUT:-runs/bench}
+RES=benchmarks/results/issue4
+FT_TIME=${FT_TIME:-00:00:14:00}
+mkdir -p "$RES"
+STAIN=(--set augment.stain.p=0.8 --set augment.stain.sigma=0.2 --set augment.stain.bias=0.05
+       --set augment.colour.p=0.8 --set augment.colour.saturation=0.3 --set augment.colour.hue=0.05)
+FT=($LS finetune -c configs/finetune_pbc_cpu.yaml --set trainer.progress=false --set trainer.max_time=$FT_TIME)
+$LS ssl pretrain -c configs/simclr_shared_cpu.yaml --out $OUT/simclr_all --set trainer.progress=false
+cp $OUT/simclr_all/monitor.json $RES/simclr_all_monitor.json
+.venv/bin/python benchmarks/ssl_knn.py --backbone $OUT/simclr_all/backbone.safetensors --json-out $RES/simclr_knn.json
+"${FT[@]}" --init $OUT/simclr_all/backbone.safetensors --out $OUT/ft_simclr_stain "${STAIN[@]}"
+"${FT[@]}" --out $OUT/ft_random_stain "${STAIN[@]}"
+for run in ft_simclr_stain ft_random_stain; do cp $OUT/$run/metrics.json $RES/$run.metrics.json; done
