@@ -37,4 +37,5 @@ def test_there_are_configs_for_every_kind() -> None:
         "simclr_vgg16.yaml",
         "simclr_resnet50.yaml",
         "dino_shared_cpu.yaml",
+        "simclr_shared_cpu.yaml",
     } <= names

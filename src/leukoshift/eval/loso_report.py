@@ -126,8 +126,9 @@ def write_loso_report(loso: Loso, results: list[dict[str, Any]], tables: LosoTab
     if diag is not None:
         report.add_heading("Do the features mix the labs?")
         report.add_text(
-            "All labelled images embedded by raw pixels and by each method's model (first held-out fold, first seed). "
-            "Lab mixing is the own-lab fraction among each image's 20 nearest neighbours over chance (1 = labs mixed); "
+            "A sample of the labelled images embedded by raw pixels and by each method's model (first held-out fold, "
+            "first seed). Lab isolation is, per lab, the own-lab fraction among each image's 20 nearest neighbours "
+            "rescaled so that 0 = neighbours from the labs at random and 1 = all from the own lab, averaged over labs; "
             "the lab probe is a logistic regression telling the lab from the features (lower = more lab-invariant); "
             "kNN accuracy is leave-one-out over cell groups."
         )

@@ -202,7 +202,8 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     if "test" in metrics:
         rows.append(("test", metrics["test"]))
     rows += [(f"external {k}", v) for k, v in metrics["external"].items()]
-    print(f"run folder: {out} (best epoch {metrics.get('best_epoch')})")
+    best = metrics.get("best_epoch")
+    print(f"run folder: {out}" + (f" (best epoch {best})" if best is not None else ""))
     for name, m in rows:
         print(
             f"  {name:<24} n={m['n']:<6} level={m['level']:<6} macro-F1 {m['macro_f1']:.3f}  "
