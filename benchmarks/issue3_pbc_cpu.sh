@@ -15,4 +15,5 @@ $LS finetune -c $CFG --baseline logreg --out $OUT/logreg_resize32 --set data.ima
 $LS finetune -c $CFG --baseline logreg --out $OUT/logreg_centre32 --set data.image.size=32
 $LS finetune -c $CFG --baseline svm --features-from $FEATURES --out $OUT/svm_centre
 $LS finetune -c $CFG --baseline svm --features-from $FEATURES --out $OUT/svm_background --set data.image.preprocess=background
-$LS finetune -c $CFG --out $OUT/ft_resize_noscale --set data.image.preprocess=resize --set 'augment.geometry.zoom=[1,1]' --set trainer.progress=false
+$LS finetune -c $CFG --out $OUT/ft_resize_noscale --set data.image.preprocess=resize --set 'augment.geometry.zoom=[1,1]' --set trainer.progress=false \
+    --set trainer.max_time=00:00:14:00

@@ -116,7 +116,7 @@ def test_isolation_sees_a_small_lab_island_that_the_overall_ratio_hides() -> Non
     feats = rng.normal(size=(1000, 8))
     feats[sources == 1, 0] += 8.0  # the small lab is an island
     result = lab_mixing(feats, sources, k=10)
-    assert result.overall_ratio < 1.1  # dominated by the big, mixed-with-itself lab
+    assert result.overall_ratio < 1.15  # near 1: dominated by the big lab, whose chance is already 0.95
     assert result.mean_isolation > 0.45
 
 

@@ -228,7 +228,8 @@ class MixingResult:
     source; ``per_source`` has, per source, ``n``, the mean ``own`` fraction, ``chance``
     = (n_s - 1) / (N - 1), the fraction a random neighbour would give, and
     ``ratio`` = own / chance, and ``isolation`` = (own - chance) / (1 - chance): 0 when
-    neighbours come from the labs at random, 1 when every neighbour is from the own lab.
+    neighbours come from the labs at random, 1 when every neighbour is from the own lab
+    (below 0 when a lab's images sit among other labs' more than chance would have it).
     The overall own / chance numbers weight sources by size, so one large lab can hide
     the others' islands (PBC's 17,000 images beside 100 from CellaVision);
     ``mean_isolation`` averages the labs unweighted and cannot be hidden that way.
