@@ -188,6 +188,8 @@ def _flag_overrides(pairs: dict[str, object]) -> list[str]:
 
 ManifestOpt = Annotated[list[Path] | None, typer.Option("--manifest", "-m", help="manifest CSV (repeatable)")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="run folder")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue from the run folder's last.ckpt")]
+ForceOpt = Annotated[bool, typer.Option(help="train again even if the run folder is complete")]
 DevicesOpt = Annotated[str | None, typer.Option(help="Lightning devices: auto, N or a list like [0,1]")]
 NodesOpt = Annotated[int | None, typer.Option("--num-nodes", help="Lightning nodes (DDP)")]
 StrategyOpt = Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp")]
@@ -215,8 +217,8 @@ def finetune(
     mode: Annotated[str | None, typer.Option(help="linear | partial | full")] = None,
     out: OutOpt = None,
     set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option(help="continue from the run folder's last.ckpt")] = False,
-    force: Annotated[bool, typer.Option(help="train again even if the run folder is complete")] = False,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
     devices: DevicesOpt = None,
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,
@@ -271,8 +273,8 @@ def ssl_pretrain(
     init: Annotated[Path | None, typer.Option(help="start from these backbone weights")] = None,
     out: OutOpt = None,
     set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option(help="continue from the run folder's last.ckpt")] = False,
-    force: Annotated[bool, typer.Option(help="train again even if the run folder is complete")] = False,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
     devices: DevicesOpt = None,
     num_nodes: NodesOpt = None,
     strategy: StrategyOpt = None,

@@ -140,3 +140,14 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 def config_hash(data: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def completed_run(out: Path, digest: str, record: Path, *outputs: Path) -> bool:
+    """True (and says so) when ``out`` already holds a finished run of the same config:
+    ``record`` is the JSON carrying its ``config_hash``, ``outputs`` must exist beside it."""
+    if not record.is_file() or not all(p.is_file() for p in outputs):
+        return False
+    if json.loads(record.read_text()).get("config_hash") != digest:
+        return False
+    print(f"{out}: already complete (same config); pass --force to train again")
+    return True

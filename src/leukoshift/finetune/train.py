@@ -31,6 +31,7 @@ from leukoshift.models.checkpoints import export_weights, load_backbone_weights
 from leukoshift.taxonomy import FINE_CLASSES, LABEL_CODES
 from leukoshift.training import (
     TableDataModule,
+    completed_run,
     config_hash,
     default_run_dir,
     make_trainer,
@@ -100,12 +101,8 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
     cfg = cfg.model_copy(update={"out": out})
     digest = config_hash(config_to_dict(cfg))
     done = out / "metrics.json"
-    if done.is_file() and not force and not resume:
-        import json
-
-        if json.loads(done.read_text()).get("config_hash") == digest:
-            print(f"{out}: already complete (same config); pass --force to train again")
-            return out
+    if not force and not resume and completed_run(out, digest, done):
+        return out
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)

@@ -9,6 +9,7 @@ teacher-temperature warm-up) and the momentum update; this file wires the schedu
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any
 
@@ -46,24 +47,19 @@ class DINO(SSLModule):
         super().__init__(config)
         d = self.cfg.dino
         batch_norm = family(self.backbone_name) == "cnn" and d.batch_norm_head
-        self.student_head = DINOProjectionHead(
+        head = functools.partial(
+            DINOProjectionHead,
             self.feature_dim,
             d.hidden_dim,
             d.bottleneck_dim,
             d.out_dim,
             batch_norm=batch_norm,
-            freeze_last_layer=d.freeze_last_layer_epochs,
             norm_last_layer=d.norm_last_layer,
         )
+        # Only the student's output layer is frozen early on; the teacher never trains.
+        self.student_head = head(freeze_last_layer=d.freeze_last_layer_epochs)
         self.teacher_backbone = copy.deepcopy(self.backbone)
-        self.teacher_head = DINOProjectionHead(
-            self.feature_dim,
-            d.hidden_dim,
-            d.bottleneck_dim,
-            d.out_dim,
-            batch_norm=batch_norm,
-            norm_last_layer=d.norm_last_layer,
-        )
+        self.teacher_head = head()
         self.teacher_head.load_state_dict(self.student_head.state_dict())
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)

@@ -8,7 +8,6 @@ sources, so a held-out lab can be kept strictly unseen. The run folder ends with
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,14 @@ from leukoshift.pretrain.base import SSLModule
 from leukoshift.pretrain.dino import DINO
 from leukoshift.pretrain.monitor import KNNMonitor, subsample
 from leukoshift.pretrain.simclr import SimCLR
-from leukoshift.training import TableDataModule, config_hash, default_run_dir, make_trainer, write_json
+from leukoshift.training import (
+    TableDataModule,
+    completed_run,
+    config_hash,
+    default_run_dir,
+    make_trainer,
+    write_json,
+)
 
 METHODS: dict[str, type[SSLModule]] = {"dino": DINO, "simclr": SimCLR}
 
@@ -71,21 +77,11 @@ def build_monitor(cfg: PretrainConfig, progress: bool = True) -> KNNMonitor | No
     if not m.manifests:
         return None
     image = cfg.data.image.model_copy(update={"size": cfg.multicrop.global_size})
-    bank = load_table(
-        m.manifests,
-        image,
-        split=m.bank_split,
-        labelled=True,
-        exclude_sources=cfg.data.exclude_sources,
-        progress=progress,
-    )
-    query = load_table(
-        m.manifests,
-        image,
-        split=m.query_split,
-        labelled=True,
-        exclude_sources=cfg.data.exclude_sources,
-        progress=progress,
+    bank, query = (
+        load_table(
+            m.manifests, image, split=split, labelled=True, exclude_sources=cfg.data.exclude_sources, progress=progress
+        )
+        for split in (m.bank_split, m.query_split)
     )
     if len(bank) == 0 or len(query) == 0:
         raise ManifestError(
@@ -100,10 +96,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
     cfg = cfg.model_copy(update={"out": out})
     digest = config_hash(config_to_dict(cfg))
     done = out / "backbone.safetensors"
-    card_file = out / "backbone.json"
-    finished = done.is_file() and card_file.is_file() and not force and not resume
-    if finished and json.loads(card_file.read_text()).get("config_hash") == digest:
-        print(f"{out}: already complete (same config); pass --force to train again")
+    if not force and not resume and completed_run(out, digest, out / "backbone.json", done):
         return out
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
