@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Issue 7 on one GPU: DINO ViT-S/16 (2 x 224 + 6 x 96 crops) and SimCLR throughput of our
-# device data path against lightly's PIL pipeline, plus our DINO step compiled.
+# device data path against lightly's PIL pipeline, our DINO step part by part, and compiled.
 #
 # Runs from the repository root of a machine without network access. Needs, copied into
 # the working tree beforehand (both git-ignored):
 #   .whl/             wheels missing there (lightly, kornia, kornia_rs, pydantic, pydantic_core,
-#                     annotated_types, typing_inspection, typing_extensions; cp312, x86-64)
+#                     annotated_types, typing_inspection, typing_extensions, faiss_cpu; cp312, x86-64)
 #   .device_payload/  python benchmarks/make_payload.py  (2,047 PBC images, 11 MB)
 # Writes $OUT/throughput_gpu.json (rewritten after every measurement) and the log.
 # About 4-6 minutes on an H100: ~1 min setup and worker start-ups, ~1.5 min reference
-# phases, ~1-2 min compiling; --budget skips measurements not started after 400 s.
+# phases, ~1-2 min compiling; --budget skips measurements not started after 300 s.
 set -o pipefail
 OUT=${OUT:-/tmp/leukoshift-gpu}
 mkdir -p "$OUT"
@@ -23,5 +23,5 @@ __import__('lightly').__version__, 'kornia', kornia.__version__)" || exit 1
 python3 benchmarks/throughput.py --device cuda --backbone vit_small \
     --global-size 224 --local-size 96 --n-local 6 --batch-size 256 --workers 14 \
     --steps 14 --warmup 4 --repeats 5 --data .device_payload/pbc_subset --max-images 2048 \
-    --compile dino --budget 400 --json-out "$OUT/throughput_gpu.json" 2>&1 \
+    --only data,dino,simclr,phases --compile dino --budget 300 --json-out "$OUT/throughput_gpu.json" 2>&1 \
     | tee "$OUT/throughput_gpu.log"

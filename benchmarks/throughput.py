@@ -17,7 +17,10 @@ Measured in ONE run on one machine, as medians over ``--repeats`` timed windows 
    JPEG -> PIL DINOTransform in workers -> device);
 2. a full DINO training step: images per second;
 3. the same for SimCLR;
-4. with ``--compile``: our DINO and SimCLR steps again with the backbones compiled.
+4. with ``--compile``: our DINO and SimCLR steps again with the backbones compiled;
+5. with ``phases`` in ``--only``: where our DINO step's time goes (loading, augmentation,
+   teacher forward, student forward and loss, backward, clipping and optimiser, teacher
+   update), each part timed on the device by events around the module's own calls.
 
     python benchmarks/throughput.py --help
     python benchmarks/throughput.py --backbone vit_tiny --model-kwargs depth=2 \\
@@ -109,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default="data,dino,simclr",
-        help="comma-separated subset of data, dino, simclr",
+        help="comma-separated subset of data, dino, simclr, phases (the DINO step's parts)",
     )
     p.add_argument(
         "--compile",
@@ -137,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     args.compile = {s.strip() for s in args.compile.split(",") if s.strip()}
-    unknown = (args.only - {"data", "dino", "simclr"}) | (args.compile - {"dino", "simclr"})
+    unknown = (args.only - {"data", "dino", "simclr", "phases"}) | (args.compile - {"dino", "simclr"})
     if unknown:
         p.error(f"--only/--compile: unknown {', '.join(sorted(unknown))}")
     if args.device == "auto":
@@ -497,6 +500,116 @@ def bench_step(
     return result
 
 
+class PhaseClock:
+    """Marks on the device's stream (CUDA events), or host clock marks on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def spans_ms(self) -> list[float]:
+        """Milliseconds between consecutive marks (waits for the device once, at the end)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return [1000 * (b - a) for a, b in zip(self.marks, self.marks[1:], strict=False)]
+
+
+PHASES = (
+    "augment",
+    "teacher forward",
+    "student forward + loss",
+    "backward",
+    "clip + optimiser",
+    "teacher update (EMA)",
+    "next batch: load and copy (device idle)",
+)
+
+
+def bench_phases(args: argparse.Namespace, table: Any) -> dict[str, Any]:
+    """Where our DINO step's time goes, part by part, on the device's own clock.
+
+    The parts are the module's own calls in the order ``DINO.ssl_step`` makes them, under
+    the trainer's precision (bf16 autocast on a GPU), without Lightning around them. A
+    device waiting for the host between steps shows as idle time, not as any part.
+    """
+    from lightly.models.utils import update_momentum
+
+    from leukoshift.config import config_to_dict
+    from leukoshift.data.loaders import make_loader
+    from leukoshift.pretrain.dino import DINO
+
+    cfg = pretrain_config(args, "dino")
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    module = DINO(config_to_dict(cfg)).to(device).train()
+    optimizer = module.configure_optimizers()
+    params = [p for m in module.trainable_modules() for p in m.parameters() if p.requires_grad]
+    momentum = cfg.dino.momentum_teacher
+    n_global = cfg.multicrop.n_global
+    loader = make_loader(
+        long_epoch(table, args),
+        args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        seed=args.seed,
+        pin_memory=device.type == "cuda",
+    )
+    batches = cycle(loader)
+    clock = PhaseClock(device)
+    n_steps = args.warmup + args.steps * args.repeats
+    for _ in range(n_steps):
+        images = next(batches)["image"].to(device, non_blocking=True)
+        clock.mark()
+        with torch.no_grad():
+            views = module.make_views(images)
+        clock.mark()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.no_grad():
+                teacher_out = module._forward_views(module.teacher_backbone, module.teacher_head, views[:n_global])
+            clock.mark()
+            student_out = module._forward_views(module.backbone, module.student_head, views)
+            loss = module.criterion(teacher_out, student_out, epoch=0)
+        clock.mark()
+        loss.backward()
+        clock.mark()
+        if cfg.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.mark()
+        update_momentum(module.backbone, module.teacher_backbone, m=momentum)
+        update_momentum(module.student_head, module.teacher_head, m=momentum)
+        clock.mark()
+    spans = clock.spans_ms()
+    per_step = len(PHASES) - 1  # marks per step; the idle span joins a step to the next
+    step_spans = [spans[i * (per_step + 1) : i * (per_step + 1) + per_step + 1] for i in range(n_steps)]
+    timed = step_spans[args.warmup :]
+    # The last step has no following batch, hence no idle span.
+    medians = {name: statistics.median(s[k] for s in timed if k < len(s)) for k, name in enumerate(PHASES)}
+    step_ms = statistics.median(sum(s[: per_step + 1]) for s in timed[:-1]) if len(timed) > 1 else None
+    result: dict[str, Any] = {
+        "unit": "ms per step (median)",
+        "phases_ms": medians,
+        "step_ms": step_ms,
+        "images_per_s": args.batch_size / step_ms * 1000 if step_ms else None,
+        "last_loss": float(loss.detach()),
+    }
+    del module, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -572,6 +685,12 @@ def print_table(results: dict[str, Any]) -> None:
     print("\n| " + " | ".join(rows[0]) + " |\n|---|---:|---:|---:|")
     for row in rows[1:]:
         print("| " + " | ".join(row) + " |")
+    phases = results.get("dino/phases")
+    if isinstance(phases, dict) and "phases_ms" in phases:
+        print(f"\nOur DINO step by part (median ms; {phases['images_per_s'] or 0:,.0f} images/s without Lightning):")
+        total = sum(phases["phases_ms"].values())
+        for name, ms in phases["phases_ms"].items():
+            print(f"  {name:<40} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
     failed = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
     for key, err in failed.items():
         print(f"{key}: FAILED: {err}")
@@ -645,13 +764,17 @@ def main(argv: list[str] | None = None) -> int:
                         f"{method}/{path}",
                         lambda m=method, p=path: bench_step(args, tree, table, m, p),
                     )
-        if args.compile:
-            for method in ("dino", "simclr"):
-                if method in args.only and method in args.compile:
-                    run(
-                        f"{method}/ours-compiled",
-                        lambda m=method: bench_step(args, tree, table, m, "ours", True),
-                    )
+            if method == "dino" and "phases" in args.only:
+                run("dino/phases", lambda: bench_phases(args, table))
+        # Compiled steps last: after torch.compile has run in this process, the reference's
+        # forked DataLoader workers died with "CUDA error: initialization error" (H100, torch
+        # 2.11), so a reference measured after it fails.
+        for method in ("dino", "simclr"):
+            if method in args.only and method in args.compile:
+                run(
+                    f"{method}/ours-compiled",
+                    lambda m=method: bench_step(args, tree, table, m, "ours", True),
+                )
     print_table(results)
     save()
     return 0

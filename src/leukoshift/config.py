@@ -192,6 +192,13 @@ class MultiCropConfig(Strict):
 class OptimConfig(Strict):
     name: Literal["radam", "adamw", "sgd"] = "radam"
     lr: float = Field(1e-3, gt=0.0)
+    backbone_lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="backbone learning rate as a fraction of lr (the head's); 0.1 keeps "
+        "pretrained (e.g. self-supervised) features from being overwritten by the first epochs",
+    )
     weight_decay: float = Field(1e-4, ge=0.0)
     plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor")
     plateau_patience: int = Field(2, ge=0)

@@ -176,3 +176,35 @@ def test_bad_configs_fail_before_any_work(synth_manifest: Path, tmp_path: Path) 
     with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
         _cfg(synth_manifest, tmp_path, "optim.lrr=1")
     assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("mode", ["linear", "full"])
+def test_backbone_learning_rate_is_a_fraction_of_the_heads(synth_manifest: Path, tmp_path: Path, mode: str) -> None:
+    from leukoshift.config import config_to_dict
+
+    cfg = _cfg(synth_manifest, tmp_path, f"mode={mode}", "optim.backbone_lr_scale=0.1")
+    module = ClassifierModule(config_to_dict(cfg))
+    module.apply_mode()
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    # Every trainable parameter is optimised exactly once, frozen ones not at all.
+    assert sorted(groups) == sorted(id(p) for p in trainable)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    assert [groups[id(p)] for p in module.head.parameters()] == pytest.approx([0.003, 0.003])
+    backbone_lrs = [groups[id(p)] for p in module.encoder.parameters() if p.requires_grad]
+    assert backbone_lrs == ([] if mode == "linear" else pytest.approx([0.0003] * len(backbone_lrs)))
+    # The plateau schedule lowers both groups by its factor: the ratio holds.
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    optimizer = scheduler.optimizer
+    for _ in range(cfg.optim.plateau_patience + 2):
+        scheduler.step(0.5)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert lrs[-1] == pytest.approx(0.003 * cfg.optim.plateau_factor)
+    if mode == "full":
+        assert lrs[0] / lrs[-1] == pytest.approx(0.1)
+
+
+def test_backbone_learning_rate_scale_is_checked(synth_manifest: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backbone_lr_scale"):
+        _cfg(synth_manifest, tmp_path, "optim.backbone_lr_scale=0")

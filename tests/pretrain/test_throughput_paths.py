@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 
@@ -333,10 +334,13 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path: Path) -> None:
             "--repeats",
             "2",
             "--only",
-            "data,simclr",
+            "data,simclr,phases",
             "--set",
             "simclr.hidden_dim=32",
             "simclr.out_dim=16",
+            "dino.hidden_dim=32",
+            "dino.bottleneck_dim=16",
+            "dino.out_dim=64",
             "--json-out",
             str(out),
         ]
@@ -350,6 +354,13 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path: Path) -> None:
     for path in ("ours", "reference"):
         assert results[f"simclr/{path}"]["images_per_s"] > 0, results[f"simclr/{path}"]
     assert "dino/ours" not in results
+    phases = results["dino/phases"]
+    assert list(phases["phases_ms"]) == list(bench.PHASES)
+    assert all(ms >= 0 for ms in phases["phases_ms"].values())
+    # The parts of a step add up to it (the idle span included), and it is a real step.
+    assert phases["step_ms"] >= max(phases["phases_ms"].values()) > 0
+    assert phases["images_per_s"] == pytest.approx(8 / phases["step_ms"] * 1000)
+    assert 0 < phases["last_loss"] < 2 * math.log(64)
 
 
 def _losses(run: Path) -> list[float]:

@@ -140,7 +140,14 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = self.cfg.optim
-        params = [p for p in self.parameters() if p.requires_grad]
+        backbone = [p for p in self.encoder.parameters() if p.requires_grad]
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        # Two groups; the plateau schedule scales both, so their ratio holds throughout.
+        params = [
+            {"params": backbone, "lr": opt_cfg.lr * opt_cfg.backbone_lr_scale},
+            {"params": head, "lr": opt_cfg.lr},
+        ]
+        params = [g for g in params if g["params"]]
         fused = {"fused": True} if torch.cuda.is_available() else {}
         if opt_cfg.name == "radam":
             optimizer: torch.optim.Optimizer = torch.optim.RAdam(
