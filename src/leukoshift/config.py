@@ -225,7 +225,8 @@ class TrainerConfig(Strict):
     max_time: str | None = Field(
         None,
         pattern=r"^\d{2}:\d{2}:\d{2}:\d{2}$",
-        description="DD:HH:MM:SS: stop gracefully after this long (checkpoints and exports still written)",
+        description="DD:HH:MM:SS: stop gracefully after this long (checkpoints and exports still written); "
+        "a resumed run counts the time before the interruption too (Lightning keeps it in the checkpoint)",
     )
     log_every_n_steps: int = Field(10, ge=1)
     progress: bool = True

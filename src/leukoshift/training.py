@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -95,15 +96,60 @@ class TableDataModule(pl.LightningDataModule):
         )
 
 
+def kept_log_rows(out: Path, resume_from: Path | None) -> tuple[list[str], list[dict[str, str]]]:
+    """The ``logs/metrics.csv`` header and rows a resumed run keeps: those logged before
+    its checkpoint's step (later rows belong to work the checkpoint does not hold)."""
+    metrics = out / "logs" / "metrics.csv"
+    if resume_from is None or not metrics.is_file():
+        return [], []
+    step = int(torch.load(resume_from, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    with open(metrics, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < step]
+        return list(reader.fieldnames or []), rows
+
+
+def run_logger(out: Path, resume_from: Path | None) -> Any:
+    """CSV metrics in ``out/logs/metrics.csv``, kept across ``--resume``.
+
+    Lightning's CSVLogger deletes an existing metrics.csv when it starts writing, so a
+    resumed run would silently lose the history of every epoch before the interruption.
+    Here the rows up to the checkpoint are written back under their own header first.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    header, rows = kept_log_rows(out, resume_from)
+
+    class _ResumingCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> Any:
+            fresh = self._experiment is None
+            with warnings.catch_warnings():
+                if rows:  # its "previous log files will be deleted" is undone just below
+                    warnings.filterwarnings("ignore", message=".*Previous log files.*")
+                writer = super().experiment  # a new writer removes the old file
+            if fresh and rows and isinstance(writer, ExperimentWriter):
+                with open(writer.metrics_file_path, "w", newline="") as f:
+                    out_csv = csv.DictWriter(f, fieldnames=header)
+                    out_csv.writeheader()
+                    out_csv.writerows(rows)
+                # Lightning appends under its (sorted) key list: start it from this header.
+                writer.metrics_keys = list(header)
+            return writer
+
+    return _ResumingCSVLogger(str(out), name="logs", version="")
+
+
 def make_trainer(
     cfg: TrainerConfig,
     out: Path,
     callbacks: list[pl.Callback],
     monitor_val: bool = True,
+    resume_from: Path | None = None,
     **extra: Any,
 ) -> pl.Trainer:
-    from pytorch_lightning.loggers import CSVLogger
-
+    """The Lightning trainer every run uses; ``resume_from``: the checkpoint ``fit`` resumes."""
     if torch.cuda.is_available():
         # TF32 for whatever float32 matrix work is left outside bf16 autocast.
         torch.set_float32_matmul_precision("high")
@@ -116,7 +162,7 @@ def make_trainer(
         strategy=cfg.strategy,
         precision=resolve_precision(cfg.precision),  # type: ignore[arg-type]
         callbacks=callbacks,
-        logger=CSVLogger(str(out), name="logs", version=""),
+        logger=run_logger(out, resume_from),
         log_every_n_steps=cfg.log_every_n_steps,
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -107,13 +108,29 @@ def test_init_from_an_exported_backbone_restores_its_weights(
 
 
 def test_resume_continues_from_last_checkpoint(synth_manifest: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
     out = tmp_path / "run"
     run_finetune(_cfg(synth_manifest, out, "trainer.max_epochs=1"), progress=False)
     first = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
-    run_finetune(_cfg(synth_manifest, out, "trainer.max_epochs=2"), resume=True, progress=False)
+    log = out / "logs" / "metrics.csv"
+    before = pd.read_csv(log)
+    # A row logged after the checkpoint (an interrupted epoch) is not history to keep.
+    with open(log, "a") as f:
+        f.write(",".join("999999" if c == "step" else "" for c in before.columns) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "previous log files will be deleted"
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|exists and is not empty).*")
+        run_finetune(_cfg(synth_manifest, out, "trainer.max_epochs=2"), resume=True, progress=False)
     second = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
     assert second["epoch"] > first["epoch"]
     assert second["global_step"] == 2 * first["global_step"]
+    # The metrics log keeps the first epoch's rows (Lightning alone would delete them).
+    after = pd.read_csv(log)
+    assert after["step"].max() < 999999
+    pd.testing.assert_frame_equal(after.iloc[: len(before)][before.columns], before)
+    assert sorted(after["epoch"].dropna().unique()) == [0, 1]
+    assert after["val/macro_f1"].notna().sum() == 2
 
 
 @pytest.mark.parametrize(

@@ -114,12 +114,13 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
         dirpath=out, filename="best", monitor="val/macro_f1", mode="max", save_last=True, enable_version_counter=False
     )
     stopper = EarlyStopping(monitor="val/macro_f1", mode="max", patience=cfg.early_stopping_patience)
-    trainer = make_trainer(cfg.trainer, out, [checkpoint, stopper])
+    last = out / "last.ckpt"
+    resume_from = last if resume and last.is_file() else None
+    trainer = make_trainer(cfg.trainer, out, [checkpoint, stopper], resume_from=resume_from)
     if cfg.trainer.compile:
         module.encoder = torch.compile(module.encoder)  # type: ignore[assignment]
-    last = out / "last.ckpt"
     started = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     if not trainer.is_global_zero:
         return out
     best_path = Path(checkpoint.best_model_path or last)

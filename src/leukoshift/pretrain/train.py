@@ -118,12 +118,18 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
     callbacks: list[pl.Callback] = [checkpoint]
     if monitor is not None:
         callbacks.append(monitor)
-    trainer = make_trainer(
-        cfg.trainer, out, callbacks, monitor_val=False, gradient_clip_val=cfg.optim.clip_grad or None
-    )
     last = out / "last.ckpt"
+    resume_from = last if resume and last.is_file() else None
+    trainer = make_trainer(
+        cfg.trainer,
+        out,
+        callbacks,
+        monitor_val=False,
+        resume_from=resume_from,
+        gradient_clip_val=cfg.optim.clip_grad or None,
+    )
     started = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     if not trainer.is_global_zero:
         return out
     history = monitor.history if monitor is not None else []
