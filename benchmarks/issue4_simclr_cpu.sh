@@ -23,3 +23,10 @@ cp $OUT/simclr_all/monitor.json $RES/simclr_all_monitor.json
 "${FT[@]}" --init $OUT/simclr_all/backbone.safetensors --out $OUT/ft_simclr_stain_15ep "${STAIN[@]}" \
     --set trainer.max_time=00:00:40:00 --set early_stopping_patience=15
 for run in ft_simclr_stain ft_random_stain ft_simclr_stain_15ep; do cp $OUT/$run/metrics.json $RES/$run.metrics.json; done
+# Two ways to keep the SSL features (RESULTS.md, issue 4): a backbone learning rate a tenth
+# of the head's, and a frozen backbone (linear probe), both from the same SimCLR backbone.
+"${FT[@]}" --init $OUT/simclr_all/backbone.safetensors --out $OUT/ft_simclr_stain_lr01 "${STAIN[@]}" \
+    --set trainer.max_time=00:00:40:00 --set early_stopping_patience=15 --set optim.backbone_lr_scale=0.1
+"${FT[@]}" --init $OUT/simclr_all/backbone.safetensors --out $OUT/ft_simclr_stain_linear "${STAIN[@]}" \
+    --set trainer.max_time=00:00:40:00 --set early_stopping_patience=15 --set mode=linear
+for run in ft_simclr_stain_lr01 ft_simclr_stain_linear; do cp $OUT/$run/metrics.json $RES/$run.metrics.json; done
