@@ -382,16 +382,10 @@ def rate(windows: list[float], per_step: int, steps: int) -> float:
 # ----------------------------------------------------------------------------- measurements
 
 
-def bench_data(args: argparse.Namespace, tree: Path, table: Any) -> dict[str, Any]:
-    """Views per second: uint8 cache -> device -> views, against PIL DINOTransform."""
-    from leukoshift.config import config_to_dict
+def our_batches(table: Any, args: argparse.Namespace, device: torch.device) -> Iterator[Any]:
+    """Endless uint8 batches from the cache, as the trainer's loader serves them."""
     from leukoshift.data.loaders import make_loader
-    from leukoshift.pretrain.dino import DINO
 
-    cfg = pretrain_config(args, "dino")
-    n_views = cfg.multicrop.n_global + cfg.multicrop.n_local
-    device = torch.device(args.device)
-    module = DINO(config_to_dict(cfg)).to(device)  # make_views: the module's own path
     loader = make_loader(
         long_epoch(table, args),
         args.batch_size,
@@ -401,7 +395,19 @@ def bench_data(args: argparse.Namespace, tree: Path, table: Any) -> dict[str, An
         seed=args.seed,
         pin_memory=device.type == "cuda",
     )
-    batches = cycle(loader)
+    return cycle(loader)
+
+
+def bench_data(args: argparse.Namespace, tree: Path, table: Any) -> dict[str, Any]:
+    """Views per second: uint8 cache -> device -> views, against PIL DINOTransform."""
+    from leukoshift.config import config_to_dict
+    from leukoshift.pretrain.dino import DINO
+
+    cfg = pretrain_config(args, "dino")
+    n_views = cfg.multicrop.n_global + cfg.multicrop.n_local
+    device = torch.device(args.device)
+    module = DINO(config_to_dict(cfg)).to(device)  # make_views: the module's own path
+    batches = our_batches(table, args, device)
 
     def ours() -> None:
         images = next(batches)["image"].to(device, non_blocking=True)
@@ -544,7 +550,6 @@ def bench_phases(args: argparse.Namespace, table: Any) -> dict[str, Any]:
     from lightly.models.utils import update_momentum
 
     from leukoshift.config import config_to_dict
-    from leukoshift.data.loaders import make_loader
     from leukoshift.pretrain.dino import DINO
 
     cfg = pretrain_config(args, "dino")
@@ -555,16 +560,7 @@ def bench_phases(args: argparse.Namespace, table: Any) -> dict[str, Any]:
     params = [p for m in module.trainable_modules() for p in m.parameters() if p.requires_grad]
     momentum = cfg.dino.momentum_teacher
     n_global = cfg.multicrop.n_global
-    loader = make_loader(
-        long_epoch(table, args),
-        args.batch_size,
-        shuffle=True,
-        num_workers=args.workers,
-        drop_last=True,
-        seed=args.seed,
-        pin_memory=device.type == "cuda",
-    )
-    batches = cycle(loader)
+    batches = our_batches(table, args, device)
     clock = PhaseClock(device)
     n_steps = args.warmup + args.steps * args.repeats
     for _ in range(n_steps):
