@@ -96,6 +96,12 @@ class TableDataModule(pl.LightningDataModule):
         )
 
 
+def resume_checkpoint(out: Path, resume: bool) -> Path | None:
+    """The checkpoint a ``--resume`` run continues from: the folder's ``last.ckpt``, if any."""
+    last = out / "last.ckpt"
+    return last if resume and last.is_file() else None
+
+
 def kept_log_rows(out: Path, resume_from: Path | None) -> tuple[list[str], list[dict[str, str]]]:
     """The ``logs/metrics.csv`` header and rows a resumed run keeps: those logged before
     its checkpoint's step (later rows belong to work the checkpoint does not hold)."""

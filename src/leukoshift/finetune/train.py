@@ -35,6 +35,7 @@ from leukoshift.training import (
     config_hash,
     default_run_dir,
     make_trainer,
+    resume_checkpoint,
     write_json,
 )
 
@@ -114,8 +115,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
         dirpath=out, filename="best", monitor="val/macro_f1", mode="max", save_last=True, enable_version_counter=False
     )
     stopper = EarlyStopping(monitor="val/macro_f1", mode="max", patience=cfg.early_stopping_patience)
-    last = out / "last.ckpt"
-    resume_from = last if resume and last.is_file() else None
+    resume_from = resume_checkpoint(out, resume)
     trainer = make_trainer(cfg.trainer, out, [checkpoint, stopper], resume_from=resume_from)
     if cfg.trainer.compile:
         module.encoder = torch.compile(module.encoder)  # type: ignore[assignment]
@@ -123,7 +123,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     if not trainer.is_global_zero:
         return out
-    best_path = Path(checkpoint.best_model_path or last)
+    best_path = Path(checkpoint.best_model_path or out / "last.ckpt")
     best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
     metrics = score_run(best, tables)
     export_classifier(best, out, cfg, tables.train)

@@ -32,6 +32,7 @@ from leukoshift.training import (
     config_hash,
     default_run_dir,
     make_trainer,
+    resume_checkpoint,
     write_json,
 )
 
@@ -118,8 +119,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
     callbacks: list[pl.Callback] = [checkpoint]
     if monitor is not None:
         callbacks.append(monitor)
-    last = out / "last.ckpt"
-    resume_from = last if resume and last.is_file() else None
+    resume_from = resume_checkpoint(out, resume)
     trainer = make_trainer(
         cfg.trainer,
         out,
