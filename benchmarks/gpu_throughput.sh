@@ -9,8 +9,12 @@
 #   .device_payload/  python benchmarks/make_payload.py  (2,047 PBC images, 11 MB)
 # Writes $OUT/throughput_gpu.json (rewritten after every measurement) and the log.
 # About 4-6 minutes on an H100: ~1 min setup and worker start-ups, ~1.5 min reference
-# phases, ~1-2 min compiling; --budget skips measurements not started after 300 s.
+# phases, ~1-2 min compiling; --budget skips measurements not started after BUDGET s.
+# A narrower rerun, e.g. the compiled step part by part with DINO's 65,536-output head:
+#   ONLY=dino,phases BUDGET=400 EXTRA="--set dino.out_dim=65536" bash benchmarks/gpu_throughput.sh
 set -o pipefail
+ONLY=${ONLY:-data,dino,simclr,phases}
+BUDGET=${BUDGET:-300}
 OUT=${OUT:-/tmp/leukoshift-gpu}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -23,5 +27,5 @@ __import__('lightly').__version__, 'kornia', kornia.__version__)" || exit 1
 python3 benchmarks/throughput.py --device cuda --backbone vit_small \
     --global-size 224 --local-size 96 --n-local 6 --batch-size 256 --workers 14 \
     --steps 14 --warmup 4 --repeats 5 --data .device_payload/pbc_subset --max-images 2048 \
-    --only data,dino,simclr,phases --compile dino --budget 300 --json-out "$OUT/throughput_gpu.json" 2>&1 \
+    --only "$ONLY" --compile dino --budget "$BUDGET" ${EXTRA:-} --json-out "$OUT/throughput_gpu.json" 2>&1 \
     | tee "$OUT/throughput_gpu.log"

@@ -30,3 +30,18 @@ for run in ft_simclr_stain ft_random_stain ft_simclr_stain_15ep; do cp $OUT/$run
 "${FT[@]}" --init $OUT/simclr_all/backbone.safetensors --out $OUT/ft_simclr_stain_linear "${STAIN[@]}" \
     --set trainer.max_time=00:00:40:00 --set early_stopping_patience=15 --set mode=linear
 for run in ft_simclr_stain_lr01 ft_simclr_stain_linear; do cp $OUT/$run/metrics.json $RES/$run.metrics.json; done
+# Twelve more SimCLR epochs (a warm restart of a 20-epoch cosine schedule from the 8-epoch
+# run's checkpoint), kNN, then three single-threaded fine-tunes side by side: from it, from
+# it with a 3-epoch head warm-up (LP-FT), and random init with a second seed.
+cp -r $OUT/simclr_all $OUT/simclr_all20
+$LS ssl pretrain -c configs/simclr_shared_cpu.yaml --out $OUT/simclr_all20 --set trainer.progress=false \
+    --set trainer.max_epochs=20 --resume
+cp $OUT/simclr_all20/monitor.json $RES/simclr_all20_monitor.json
+.venv/bin/python benchmarks/ssl_knn.py --backbone $OUT/simclr_all20/backbone.safetensors --json-out $RES/simclr20_knn.json
+LONG=(--set trainer.max_time=00:01:30:00 --set early_stopping_patience=15)
+OMP_NUM_THREADS=1 "${FT[@]}" --init $OUT/simclr_all20/backbone.safetensors --out $OUT/ft_simclr20_stain "${STAIN[@]}" "${LONG[@]}" &
+OMP_NUM_THREADS=1 "${FT[@]}" --init $OUT/simclr_all20/backbone.safetensors --out $OUT/ft_simclr20_stain_lpft "${STAIN[@]}" \
+    "${LONG[@]}" --set head_warmup_epochs=3 &
+OMP_NUM_THREADS=1 "${FT[@]}" --out $OUT/ft_random_stain_seed1 "${STAIN[@]}" "${LONG[@]}" --set trainer.seed=1 &
+wait
+for run in ft_simclr20_stain ft_simclr20_stain_lpft ft_random_stain_seed1; do cp $OUT/$run/metrics.json $RES/$run.metrics.json; done

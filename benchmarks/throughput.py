@@ -17,10 +17,12 @@ Measured in ONE run on one machine, as medians over ``--repeats`` timed windows 
    JPEG -> PIL DINOTransform in workers -> device);
 2. a full DINO training step: images per second;
 3. the same for SimCLR;
-4. with ``--compile``: our DINO and SimCLR steps again with the backbones compiled;
+4. with ``--compile``: our DINO and SimCLR steps again with the backbones and the
+   augmentation compiled (``--compile dino`` with ``data``: the data path compiled too);
 5. with ``phases`` in ``--only``: where our DINO step's time goes (loading, augmentation,
    teacher forward, student forward and loss, backward, clipping and optimiser, teacher
-   update), each part timed on the device by events around the module's own calls.
+   update), each part timed on the device by events around the module's own calls;
+   with ``--compile dino`` too, the same for the compiled step.
 
     python benchmarks/throughput.py --help
     python benchmarks/throughput.py --backbone vit_tiny --model-kwargs depth=2 \\
@@ -398,15 +400,19 @@ def our_batches(table: Any, args: argparse.Namespace, device: torch.device) -> I
     return cycle(loader)
 
 
-def bench_data(args: argparse.Namespace, tree: Path, table: Any) -> dict[str, Any]:
-    """Views per second: uint8 cache -> device -> views, against PIL DINOTransform."""
+def bench_data(args: argparse.Namespace, tree: Path, table: Any, compile_: bool = False) -> dict[str, Any]:
+    """Views per second: uint8 cache -> device -> views, against PIL DINOTransform.
+    ``compile_``: ours only, with the augmentation's stages compiled (as ``--compile``)."""
     from leukoshift.config import config_to_dict
     from leukoshift.pretrain.dino import DINO
 
     cfg = pretrain_config(args, "dino")
     n_views = cfg.multicrop.n_global + cfg.multicrop.n_local
+    per_step = args.batch_size * n_views
     device = torch.device(args.device)
     module = DINO(config_to_dict(cfg)).to(device)  # make_views: the module's own path
+    if compile_:
+        module.multicrop.compile_stages()
     batches = our_batches(table, args, device)
 
     def ours() -> None:
@@ -415,6 +421,8 @@ def bench_data(args: argparse.Namespace, tree: Path, table: Any) -> dict[str, An
 
     with torch.no_grad():
         ours_windows = timed_windows(ours, args)
+    if compile_:
+        return {"unit": "views/s", "ours": rate(ours_windows, per_step, args.steps), "windows_s": ours_windows}
 
     ref_batches = cycle(reference_loader(tree, reference_transform(cfg, "dino"), args))
 
@@ -423,7 +431,6 @@ def bench_data(args: argparse.Namespace, tree: Path, table: Any) -> dict[str, An
         [v.to(device, non_blocking=True) for v in views]
 
     ref_windows = timed_windows(reference, args)
-    per_step = args.batch_size * n_views
     return {
         "unit": "views/s",
         "ours": rate(ours_windows, per_step, args.steps),
@@ -540,12 +547,13 @@ PHASES = (
 )
 
 
-def bench_phases(args: argparse.Namespace, table: Any) -> dict[str, Any]:
+def bench_phases(args: argparse.Namespace, table: Any, compile_: bool = False) -> dict[str, Any]:
     """Where our DINO step's time goes, part by part, on the device's own clock.
 
     The parts are the module's own calls in the order ``DINO.ssl_step`` makes them, under
     the trainer's precision (bf16 autocast on a GPU), without Lightning around them. A
     device waiting for the host between steps shows as idle time, not as any part.
+    ``compile_``: backbones and augmentation compiled, as ``--compile`` trains them.
     """
     from lightly.models.utils import update_momentum
 
@@ -556,6 +564,8 @@ def bench_phases(args: argparse.Namespace, table: Any) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     module = DINO(config_to_dict(cfg)).to(device).train()
+    if compile_:
+        module.compile_model()
     optimizer = module.configure_optimizers()
     params = [p for m in module.trainable_modules() for p in m.parameters() if p.requires_grad]
     momentum = cfg.dino.momentum_teacher
@@ -650,6 +660,16 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{data['ours'] / data['reference']:.2f}x",
             )
         )
+        compiled = results.get("data/ours-compiled")
+        if isinstance(compiled, dict) and "ours" in compiled:
+            rows.append(
+                (
+                    "data: multi-crop views/s, ours compiled",
+                    f"{compiled['ours']:,.0f}",
+                    f"{data['reference']:,.0f}",
+                    f"{compiled['ours'] / data['reference']:.2f}x",
+                )
+            )
     for method in ("dino", "simclr"):
         ours, ref = results.get(f"{method}/ours"), results.get(f"{method}/reference")
         if isinstance(ours, dict) and "images_per_s" in ours:
@@ -681,9 +701,12 @@ def print_table(results: dict[str, Any]) -> None:
     print("\n| " + " | ".join(rows[0]) + " |\n|---|---:|---:|---:|")
     for row in rows[1:]:
         print("| " + " | ".join(row) + " |")
-    phases = results.get("dino/phases")
-    if isinstance(phases, dict) and "phases_ms" in phases:
-        print(f"\nOur DINO step by part (median ms; {phases['images_per_s'] or 0:,.0f} images/s without Lightning):")
+    for key, what in (("dino/phases", ""), ("dino/phases-compiled", ", compiled")):
+        phases = results.get(key)
+        if not (isinstance(phases, dict) and "phases_ms" in phases):
+            continue
+        rate = phases["images_per_s"] or 0
+        print(f"\nOur DINO step by part{what} (median ms; {rate:,.0f} images/s without Lightning):")
         total = sum(phases["phases_ms"].values())
         for name, ms in phases["phases_ms"].items():
             print(f"  {name:<40} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
@@ -765,12 +788,16 @@ def main(argv: list[str] | None = None) -> int:
         # Compiled steps last: after torch.compile has run in this process, the reference's
         # forked DataLoader workers died with "CUDA error: initialization error" (H100, torch
         # 2.11), so a reference measured after it fails.
+        if "data" in args.only and "dino" in args.compile:
+            run("data/ours-compiled", lambda: bench_data(args, tree, table, compile_=True))
         for method in ("dino", "simclr"):
             if method in args.only and method in args.compile:
                 run(
                     f"{method}/ours-compiled",
                     lambda m=method: bench_step(args, tree, table, m, "ours", True),
                 )
+        if "phases" in args.only and "dino" in args.compile:
+            run("dino/phases-compiled", lambda: bench_phases(args, table, compile_=True))
     print_table(results)
     save()
     return 0

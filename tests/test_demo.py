@@ -24,6 +24,9 @@ def test_demo_runs_end_to_end_and_reports_the_loso_table(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = tmp_path / "demo" / "loso" / "report.html"
     assert f"open the report: {report}" in proc.stdout
+    # Lightning's advert (once per training run) and its no-validation-step warning are noise.
+    assert "litlogger" not in proc.stdout + proc.stderr
+    assert "no `validation_step`" not in proc.stderr
     html = report.read_text()
     for lab in ("lab_a", "lab_b", "lab_c"):
         assert lab in html

@@ -237,12 +237,31 @@ class FinetuneConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     mode: Literal["linear", "partial", "full"] = "full"
     unfreeze_blocks: int = Field(1, ge=1, description="blocks trained in partial mode")
+    head_warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="first epochs train the head alone on the frozen backbone, then the model is "
+        "fine-tuned as `mode` says (LP-FT, Kumar et al. 2022): the backbone's first gradients come "
+        "from a fitted head rather than a random one, which distorts pretrained features less; "
+        "for --init weights, 0 for random init",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     early_stopping_patience: int = Field(5, ge=1)
     out: Path | None = None
+
+    @model_validator(mode="after")
+    def _warmup_leaves_fine_tuning(self) -> FinetuneConfig:
+        if self.head_warmup_epochs and self.mode == "linear":
+            raise ValueError("head_warmup_epochs: mode=linear trains the head alone throughout; set it to 0")
+        if self.head_warmup_epochs >= self.trainer.max_epochs:
+            raise ValueError(
+                f"head_warmup_epochs ({self.head_warmup_epochs}) must be below trainer.max_epochs "
+                f"({self.trainer.max_epochs}): the backbone would never be fine-tuned"
+            )
+        return self
 
 
 class DinoConfig(Strict):

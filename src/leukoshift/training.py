@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -21,7 +22,19 @@ from leukoshift.data.loaders import ImageTable, make_loader
 # (augmentation belongs to the model, the data module only serves uint8 batches).
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-warnings.filterwarnings("ignore", message=".*litlogger.*")
+# Pretraining has no validation step; one data module serves both kinds of run.
+warnings.filterwarnings("ignore", message=".*`val_dataloader` but have no `validation_step`.*")
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's "try litlogger" tip, printed by every run (an info log, not a warning)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdvert())
 
 
 def resolve_precision(precision: str) -> str:
@@ -145,6 +158,24 @@ def run_logger(out: Path, resume_from: Path | None) -> Any:
             return writer
 
     return _ResumingCSVLogger(str(out), name="logs", version="")
+
+
+def several_processes(cfg: TrainerConfig) -> bool:
+    """Whether the run is data-parallel over several processes, as Lightning will decide
+    from ``devices`` and ``num_nodes`` ("auto" and -1: every visible GPU)."""
+    if cfg.num_nodes > 1:
+        return True
+    devices = cfg.devices
+    if isinstance(devices, str) and "," in devices:  # GPU ids, "0,1"
+        devices = [d for d in devices.split(",") if d.strip()]
+    if isinstance(devices, list):
+        return len(devices) > 1
+    if str(devices) in ("auto", "-1"):
+        return cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.device_count() > 1
+    try:
+        return int(devices) > 1
+    except ValueError:  # not a count: Lightning names the bad value when the trainer is built
+        return False
 
 
 def make_trainer(

@@ -147,6 +147,34 @@ def test_multicrop_is_deterministic_under_seed_and_views_differ() -> None:
     assert not torch.equal(a[0], a[1]) and not torch.equal(a[2], a[3])
 
 
+def test_compiled_multicrop_stages_make_the_same_views() -> None:
+    """``--compile`` compiles the augmentation's stages, each as one graph (fullgraph here:
+    a graph break fails), with every random draw left outside: the same seed gives the
+    same views. aot_eager traces exactly as inductor does without its C++ build; inductor
+    itself runs in tests/pretrain/test_throughput_paths.py's loss-curve test."""
+    aug = MultiCropAugment(
+        n_global=2,
+        n_local=2,
+        global_size=24,
+        local_size=12,
+        stain=StainAugConfig(p=0.8, sigma=0.2, bias=0.05),
+        geometry=GeometryAugConfig(shear=10.0, rotation=30.0),
+        global_solarize_p=(0.5, 0.5),
+    )
+    x = batch()
+    torch.manual_seed(3)
+    eager = [aug(x) for _ in range(3)]  # three batches: three jitter orders
+    torch._dynamo.reset()  # other tests' graphs count against the recompile limit
+    aug.compile_stages(backend="aot_eager", fullgraph=True)
+    torch.manual_seed(3)
+    compiled = [aug(x) for _ in range(3)]
+    for group in aug.groups:
+        assert set(group._compiled) == {"_grid", "_hed", "_brightness", "_contrast", "_saturation", "_hue", "_finish"}
+    for a, b in zip(eager, compiled, strict=True):
+        for u, v in zip(a, b, strict=True):
+            assert torch.allclose(u, v, atol=1e-5)
+
+
 def test_multicrop_identity_at_zero_strength() -> None:
     off = AugmentConfig(geometry=OFF_GEOMETRY)
     aug = MultiCropAugment(

@@ -225,3 +225,73 @@ def test_backbone_learning_rate_is_a_fraction_of_the_heads(synth_manifest: Path,
 def test_backbone_learning_rate_scale_is_checked(synth_manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="backbone_lr_scale"):
         _cfg(synth_manifest, tmp_path, "optim.backbone_lr_scale=0")
+
+
+def test_head_warmup_trains_the_head_alone_then_the_backbone(synth_manifest: Path, tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+
+    from leukoshift.finetune.train import build_module, load_tables
+    from leukoshift.training import TableDataModule
+
+    cfg = _cfg(synth_manifest, tmp_path, "trainer.max_epochs=2", "head_warmup_epochs=1")
+    tables = load_tables(cfg, progress=False)
+    module = build_module(cfg, tables.train)
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    ends: list[dict[str, torch.Tensor]] = []
+
+    class Snapshot(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            ends.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        accelerator="cpu",
+        callbacks=[Snapshot()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=TableDataModule(tables.train, tables.val, 16, 0, 0))
+    warmed, tuned = ends
+    backbone = [k for k in start if k.startswith("encoder.")]
+    head = [k for k in start if k.startswith("head.")]
+    # Warm-up epoch: the head learns; backbone weights AND batch-norm statistics stay put.
+    assert all(torch.equal(warmed[k], start[k]) for k in backbone)
+    assert not all(torch.equal(warmed[k], start[k]) for k in head)
+    # The next epoch fine-tunes the backbone, statistics included.
+    moved = {k for k in backbone if not torch.equal(tuned[k], warmed[k])}
+    assert any(k.endswith("conv.weight") for k in moved) and any(k.endswith("running_mean") for k in moved)
+
+
+def test_head_warmup_is_checked(synth_manifest: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"head_warmup_epochs \(3\) must be below trainer.max_epochs \(3\)"):
+        _cfg(synth_manifest, tmp_path, "trainer.max_epochs=3", "head_warmup_epochs=3")
+    with pytest.raises(ConfigError, match="head_warmup_epochs: mode=linear"):
+        _cfg(synth_manifest, tmp_path, "mode=linear", "head_warmup_epochs=1")
+
+
+@pytest.mark.parametrize(
+    ("settings", "gpus", "strategy"),
+    [
+        (["trainer.devices=1"], 0, "auto"),
+        (["trainer.devices=2", "trainer.strategy=ddp"], 0, "ddp_find_unused_parameters_true"),
+        (["trainer.devices=[0,1]"], 2, "ddp_find_unused_parameters_true"),
+        (["trainer.devices=auto"], 8, "ddp_find_unused_parameters_true"),
+        (["trainer.devices=auto"], 1, "auto"),
+        (["trainer.num_nodes=2", "trainer.devices=1"], 1, "ddp_find_unused_parameters_true"),
+        (["trainer.devices=2", "trainer.strategy=fsdp"], 2, "fsdp"),  # the user's choice stands
+    ],
+)
+def test_head_warmup_under_ddp_expects_unused_parameters(
+    synth_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: list[str], gpus: int, strategy: str
+) -> None:
+    from leukoshift.finetune.train import trainer_config
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = _cfg(synth_manifest, tmp_path, "trainer.max_epochs=3", "head_warmup_epochs=1", *settings)
+    assert trainer_config(cfg).strategy == strategy
+    plain = _cfg(synth_manifest, tmp_path, "trainer.max_epochs=3", *settings)
+    assert trainer_config(plain) == plain.trainer  # no warm-up: nothing changes

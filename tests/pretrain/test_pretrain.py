@@ -222,12 +222,25 @@ def test_ssl_checkpoint_initialises_finetuning(pretrained: Path, synth_manifest:
 
 def test_resume_continues_from_the_saved_step(synth_manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    run_pretrain(_cfg(synth_manifest, out, "trainer.max_epochs=1", "method=simclr"), progress=False)
+    monitor = [f"monitor.manifests=[{synth_manifest}]", "monitor.max_images=40", "monitor.every_n_epochs=1"]
+    run_pretrain(_cfg(synth_manifest, out, "trainer.max_epochs=1", "method=simclr", *monitor), progress=False)
     first = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
-    run_pretrain(_cfg(synth_manifest, out, "trainer.max_epochs=2", "method=simclr"), resume=True, progress=False)
+    history = out / "monitor.json"
+    before = json.loads(history.read_text())["history"]
+    assert [h["epoch"] for h in before] == [0]
+    # An entry from after the checkpoint (an interrupted epoch) is not history to keep.
+    history.write_text(json.dumps({"history": [*before, {**before[0], "epoch": 5}]}))
+    run_pretrain(
+        _cfg(synth_manifest, out, "trainer.max_epochs=2", "method=simclr", *monitor), resume=True, progress=False
+    )
     second = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
     assert second["global_step"] == 2 * first["global_step"] > 0
     assert second["epoch"] == first["epoch"] + 1
+    # The monitor's history spans both parts of the run (it used to restart at the resume).
+    after = json.loads(history.read_text())["history"]
+    assert [h["epoch"] for h in after] == [0, 1] and after[0] == before[0]
+    card = read_card(out / "backbone.safetensors")
+    assert card is not None and card["training"]["monitor"]["epoch"] == 1
 
 
 @pytest.mark.parametrize("method", ["dino", "simclr"])

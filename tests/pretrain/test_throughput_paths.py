@@ -9,6 +9,7 @@ and a short seeded pretraining run with and without ``--compile``.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -33,9 +34,9 @@ from leukoshift.pretrain.dino import DINO
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load_benchmark() -> ModuleType:
-    path = REPO / "benchmarks" / "throughput.py"
-    spec = importlib.util.spec_from_file_location("throughput", path)
+def load_benchmark(name: str = "throughput") -> ModuleType:
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -306,7 +307,10 @@ def test_device_path_and_reference_path_make_the_same_views(tmp_path: Path) -> N
     assert float(a.std()) == pytest.approx(float(b.std()), rel=0.3)
 
 
-def test_benchmark_runs_end_to_end_and_writes_json(tmp_path: Path) -> None:
+def test_benchmark_runs_end_to_end_and_writes_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --compile dino times the compiled step part by part; aot_eager traces the graphs
+    # inductor would get, without its minutes of C++ compilation on this CPU.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     bench = load_benchmark()
     out = tmp_path / "t.json"
     code = bench.main(
@@ -335,6 +339,8 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path: Path) -> None:
             "2",
             "--only",
             "data,simclr,phases",
+            "--compile",
+            "dino",
             "--set",
             "simclr.hidden_dim=32",
             "simclr.out_dim=16",
@@ -351,16 +357,19 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path: Path) -> None:
     assert report["images"] == 16 and report["environment"]["device"].startswith("CPU")
     assert results["data"]["ours"] > 0 and results["data"]["reference"] > 0
     assert len(results["data"]["windows_s"]["ours"]) == 2
+    assert results["data/ours-compiled"]["ours"] > 0 and len(results["data/ours-compiled"]["windows_s"]) == 2
     for path in ("ours", "reference"):
         assert results[f"simclr/{path}"]["images_per_s"] > 0, results[f"simclr/{path}"]
     assert "dino/ours" not in results
-    phases = results["dino/phases"]
-    assert list(phases["phases_ms"]) == list(bench.PHASES)
-    assert all(ms >= 0 for ms in phases["phases_ms"].values())
-    # The parts of a step add up to it (the idle span included), and it is a real step.
-    assert phases["step_ms"] >= max(phases["phases_ms"].values()) > 0
-    assert phases["images_per_s"] == pytest.approx(8 / phases["step_ms"] * 1000)
-    assert 0 < phases["last_loss"] < 2 * math.log(64)
+    assert "dino/ours-compiled" not in results  # --compile names what --only measures
+    for key in ("dino/phases", "dino/phases-compiled"):
+        phases = results[key]
+        assert list(phases["phases_ms"]) == list(bench.PHASES)
+        assert all(ms >= 0 for ms in phases["phases_ms"].values())
+        # The parts of a step add up to it (the idle span included), and it is a real step.
+        assert phases["step_ms"] >= max(phases["phases_ms"].values()) > 0
+        assert phases["images_per_s"] == pytest.approx(8 / phases["step_ms"] * 1000)
+        assert 0 < phases["last_loss"] < 2 * math.log(64)
 
 
 def _losses(run: Path) -> list[float]:
@@ -376,8 +385,8 @@ def test_compile_leaves_the_loss_curve_unchanged(
     """``--compile`` (trainer.compile) changes speed, not learning: the same seeded run gives
     the same per-step losses (up to the fused kernels' rounding), and the same parameter
     names in the checkpoint. The DINO teacher moves fast here (momentum 0.5), so a compiled
-    teacher that kept stale weights would show. Slow: inductor compiles C++ on a CPU (~20 s
-    per method)."""
+    teacher that kept stale weights would show; augmentation stages that drew other random
+    numbers would too. Slow: inductor compiles C++ on a CPU."""
     from leukoshift.pretrain.base import SSLModule
     from leukoshift.pretrain.train import run_pretrain
 
@@ -422,12 +431,13 @@ def test_compile_leaves_the_loss_curve_unchanged(
     def spy(self: SSLModule, **options: object) -> None:
         compile_model(self, **options)
         compiled_targets.append([m._compiled_call_impl is not None for m in self.compile_targets()])
+        compiled_targets.append([bool(group._compiled) for group in self.multicrop.groups])
 
     monkeypatch.setattr(SSLModule, "compile_model", spy)
     plain = run(False)
     assert compiled_targets == []
     compiled = run(True)
-    assert compiled_targets == [[True] * (2 if method == "dino" else 1)]
+    assert compiled_targets == [[True] * (2 if method == "dino" else 1), [True] * (2 if method == "dino" else 1)]
     a, b = _losses(plain), _losses(compiled)
     assert len(a) == len(b) == 4
     assert a == pytest.approx(b, rel=2e-3, abs=2e-3), (a, b)
@@ -437,3 +447,15 @@ def test_compile_leaves_the_loss_curve_unchanged(
         return set(ckpt["state_dict"])
 
     assert keys(compiled) == keys(plain)
+
+
+def test_augment_compile_benchmark_times_both_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    bench = load_benchmark("augment_compile")
+    out = tmp_path / "a.json"
+    args = ["--batch-size", "4", "--image-size", "16", "--global-size", "16", "--local-size", "8"]
+    assert bench.main([*args, "--n-local", "2", "--steps", "1", "--windows", "3", "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["views_per_s"]) == {"eager", "compiled"}
+    assert all(len(w) == 3 and min(w) > 0 for w in report["windows"].values())
+    assert report["views_per_s"]["eager"] == pytest.approx(sorted(report["windows"]["eager"])[1])

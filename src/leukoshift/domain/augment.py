@@ -17,6 +17,8 @@ border by reflection, which continues the smear's texture instead of drawing a f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import kornia.augmentation as K
 import torch
@@ -178,6 +180,7 @@ def build_finetune_augment(cfg: AugmentConfig, size: int) -> Augment:
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as kornia.color.rgb_to_grayscale
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop aspect-ratio range (torchvision, Kornia)
 _CROP_TRIES = 10  # RandomResizedCrop attempts before falling back to the whole image
+_JITTER_OPS = ("_brightness", "_contrast", "_saturation", "_hue")  # ColorJitter's order of parameters
 
 
 def _uniform(u: Tensor, lo: float, hi: float) -> Tensor:
@@ -282,6 +285,7 @@ class _ViewGroup(nn.Module):
         stain_from_rgb = torch.linalg.inv(RGB_FROM_HED)
         self.register_buffer("rgb_from_stain", RGB_FROM_HED.clone(), persistent=False)
         self.register_buffer("stain_from_rgb", stain_from_rgb, persistent=False)
+        self._compiled: dict[str, Callable[..., Tensor]] = {}
 
     @staticmethod
     def _on(buffer: Tensor, x: Tensor) -> Tensor:
@@ -290,9 +294,9 @@ class _ViewGroup(nn.Module):
 
     # ------------------------------------------------------------------ geometry
 
-    def _crop_box(self, n: int, height: int, width: int, device: torch.device) -> Tensor:
-        """(n, 2) crop width and height in px: Kornia's / torchvision's RandomResizedCrop draw."""
-        u = torch.rand(n, 2, _CROP_TRIES, device=device)
+    def _crop_box(self, u: Tensor, height: int, width: int) -> Tensor:
+        """(n, 2) crop width and height in px from ``u`` (n, 2, tries) uniforms: Kornia's /
+        torchvision's RandomResizedCrop draw."""
         area = _uniform(u[:, 0], *self.scale) * (height * width)
         ratio = torch.exp(_uniform(u[:, 1], math.log(_RATIO[0]), math.log(_RATIO[1])))
         w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
@@ -307,13 +311,22 @@ class _ViewGroup(nn.Module):
         w = torch.where(any_fit, w, torch.full_like(w, fw))
         return torch.stack([w, torch.where(any_fit, h, torch.full_like(h, fh))], dim=1)
 
-    def _theta(self, n: int, height: int, width: int, device: torch.device) -> Tensor:
+    def _geometry_draws(self, n: int, device: torch.device) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """The uniforms ``_theta`` turns into n maps: (n, 8), crop tries, shears."""
+        if not self.warps:
+            return None, None, None
+        u = torch.rand(n, 8, device=device)
+        crop = torch.rand(n, 2, _CROP_TRIES, device=device) if self.crop else None
+        shear = torch.rand(n, 2, device=device) if self.affine and self.shear > 0 else None
+        return u, crop, shear
+
+    def _theta(self, u: Tensor, u_crop: Tensor | None, u_shear: Tensor | None, height: int, width: int) -> Tensor:
         """(n, 2, 3) maps from output to input coordinates (``affine_grid`` convention).
 
-        Built from tensors drawn on ``device`` and Python numbers only: no tensor is made
+        Built from tensors drawn on the device and Python numbers only: no tensor is made
         from host data, since each such copy would wait for the device.
         """
-        u = torch.rand(n, 8, device=device)
+        n, device = u.shape[0], u.device
         # Output side: flips and quarter turns of the crop.
         out = torch.eye(2, device=device).expand(n, 2, 2)
         if self.flips:
@@ -322,8 +335,8 @@ class _ViewGroup(nn.Module):
             quarter = torch.floor(u[:, 2] * 4).clamp_(max=3) * (math.pi / 2)
             out = _mm(_rotation(torch.cos(quarter).round(), torch.sin(quarter).round()), out)
         # Crop box in px, placed uniformly inside the warped image (centred coordinates).
-        if self.crop:
-            box = self._crop_box(n, height, width, device)
+        if u_crop is not None:
+            box = self._crop_box(u_crop, height, width)
         else:
             whole = torch.full_like(u[:, 0], width), torch.full_like(u[:, 0], height)
             box = torch.stack(whole, dim=1)
@@ -336,8 +349,8 @@ class _ViewGroup(nn.Module):
             angle = _uniform(u[:, 5], -self.rotation, self.rotation) * (math.pi / 180)
             zoom = _uniform(u[:, 6], *self.zoom).view(-1, 1, 1)
             forward = _rotation(torch.cos(angle), torch.sin(angle)) * zoom
-            if self.shear > 0:
-                tilt = _uniform(torch.rand(n, 2, device=device), -self.shear, self.shear)
+            if u_shear is not None:
+                tilt = _uniform(u_shear, -self.shear, self.shear)
                 sx, sy = torch.tan(tilt * (math.pi / 180)).unbind(1)
                 forward = _mm(forward, _matrix(torch.ones_like(sx), -sx, -sy, 1 + sx * sy))
             inverse = _inverse2x2(forward)
@@ -348,29 +361,37 @@ class _ViewGroup(nn.Module):
         theta[:, 1] *= 2.0 / height
         return theta
 
-    def _warp(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (n * B, 3, S, S) view-major: one ``grid_sample`` for all n views.
-
-        The n views' sampling grids are stacked along the output height, so the input
-        batch is read once and never repeated n times in memory.
-        """
-        b, c, height, width = x.shape
+    def _grid(
+        self, u: Tensor, u_crop: Tensor | None, u_shear: Tensor | None, b: int, height: int, width: int
+    ) -> Tensor:
+        """(B, n * S, S, 2) sampling grid: view i of image j samples rows i*S..(i+1)*S of
+        output j. ``F.affine_grid`` by broadcasting (cheaper than its batched matmul)."""
         s = self.size
-        if not self.warps:
-            out = x
-            if (height, width) != (s, s):
-                out = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-            return out.repeat(self.n, 1, 1, 1)
-        theta = self._theta(self.n * b, height, width, x.device).view(self.n, b, 1, 1, 2, 3)
-        # F.affine_grid by broadcasting (cheaper than its batched matmul), laid out
-        # (B, n * S, S, 2): view i of image j samples rows i*S..(i+1)*S of output j.
-        ramp = (torch.arange(s, device=x.device, dtype=x.dtype) * 2 + 1) / s - 1  # pixel centres
+        theta = self._theta(u, u_crop, u_shear, height, width).view(self.n, b, 1, 1, 2, 3)
+        ramp = (torch.arange(s, device=u.device, dtype=u.dtype) * 2 + 1) / s - 1  # pixel centres
         cols, rows = ramp.view(1, 1, 1, s), ramp.view(1, 1, s, 1)
         grid = torch.stack(
             [theta[..., k, 0] * cols + theta[..., k, 1] * rows + theta[..., k, 2] for k in (0, 1)],
             dim=-1,
         )  # (n, B, S, S, 2)
-        grid = grid.transpose(0, 1).reshape(b, self.n * s, s, 2)
+        return grid.transpose(0, 1).reshape(b, self.n * s, s, 2)
+
+    def _warp(self, x: Tensor, u: Tensor | None, u_crop: Tensor | None, u_shear: Tensor | None) -> Tensor:
+        """(B, 3, H, W) -> (n * B, 3, S, S) view-major: one ``grid_sample`` for all n views.
+
+        The n views' sampling grids are stacked along the output height, so the input
+        batch is read once and never repeated n times in memory. ``grid_sample`` itself
+        is never compiled: inductor's decomposition of it ran 3-5x slower than ATen's
+        kernel on the CPU (benchmarks/RESULTS.md).
+        """
+        b, c, height, width = x.shape
+        s = self.size
+        if u is None:  # nothing to warp (no crop, zoom, rotation or flip)
+            out = x
+            if (height, width) != (s, s):
+                out = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            return out.repeat(self.n, 1, 1, 1)
+        grid = self._stage("_grid")(u, u_crop, u_shear, b, height, width)
         out = F.grid_sample(
             x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
         )  # (B, C, n * S, S)
@@ -392,31 +413,32 @@ class _ViewGroup(nn.Module):
         out = torch.baddbmm(offset.unsqueeze(-1), mix.transpose(1, 2), od).view_as(x)
         return _masked(u[:, 6] < self.stain.p, out.neg_().exp_().clamp_(0.0, 1.0), x)
 
-    def _jitter(self, x: Tensor, u: Tensor) -> Tensor:
-        """Kornia ColorJitter: brightness, contrast, saturation, hue in one random order."""
+    def _jitter(self, x: Tensor, u: Tensor, order: list[int]) -> Tensor:
+        """Kornia ColorJitter: brightness, contrast, saturation, hue in ``order`` (a
+        permutation of 0-3, drawn per batch), on every image; ``_finish`` then keeps the
+        unjittered view of each image that did not draw the jitter."""
         c = self.colour
-        factors = (
-            _uniform(u[:, 0], max(0.0, 1 - c.brightness), 1 + c.brightness),
-            _uniform(u[:, 1], max(0.0, 1 - c.contrast), 1 + c.contrast),
-            _uniform(u[:, 2], max(0.0, 1 - c.saturation), 1 + c.saturation),
-            _uniform(u[:, 3], -c.hue, c.hue),
-        )
         active = (c.brightness > 0, c.contrast > 0, c.saturation > 0, c.hue > 0)
-        y = x
-        for step in torch.randperm(4).tolist():  # host generator: no device round trip
-            if not active[step]:
-                continue
-            f = factors[step].view(-1, 1, 1, 1)
-            if step == 0:
-                y = (y * f).clamp_(0.0, 1.0)
-            elif step == 1:
-                mean = _gray(y).mean(dim=(-2, -1), keepdim=True)
-                y = torch.lerp(mean, y, f).clamp_(0.0, 1.0)
-            elif step == 2:
-                y = torch.lerp(_gray(y), y, f).clamp_(0.0, 1.0)
-            else:
-                y = _shift_hue(y, factors[3])
-        return _masked(u[:, 4] < self.colour_p, y, x)
+        for step in order:
+            if active[step]:
+                x = self._stage(_JITTER_OPS[step])(x, u)
+        return x
+
+    def _brightness(self, y: Tensor, u: Tensor) -> Tensor:
+        b = self.colour.brightness
+        return (y * _uniform(u[:, 0], max(0.0, 1 - b), 1 + b).view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+    def _contrast(self, y: Tensor, u: Tensor) -> Tensor:
+        c = self.colour.contrast
+        mean = _gray(y).mean(dim=(-2, -1), keepdim=True)
+        return torch.lerp(mean, y, _uniform(u[:, 1], max(0.0, 1 - c), 1 + c).view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+    def _saturation(self, y: Tensor, u: Tensor) -> Tensor:
+        s = self.colour.saturation
+        return torch.lerp(_gray(y), y, _uniform(u[:, 2], max(0.0, 1 - s), 1 + s).view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+    def _hue(self, y: Tensor, u: Tensor) -> Tensor:
+        return _shift_hue(y, _uniform(u[:, 3], -self.colour.hue, self.colour.hue))
 
     def _blur(self, x: Tensor, u: Tensor, apply: Tensor) -> Tensor:
         """Separable Gaussian blur, sigma drawn per image; images not drawn get a unit kernel."""
@@ -435,16 +457,11 @@ class _ViewGroup(nn.Module):
         flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"), cols, groups=n * c)
         return flat.view(n, c, h, w)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """float (B, 3, H, W) in [0, 1] -> (n * B, 3, S, S), view i in rows i*B..(i+1)*B."""
-        b = x.shape[0]
-        out = self._warp(x)
-        count = out.shape[0]
-        u = torch.rand(count, 16, device=out.device)
-        if self.stain.p > 0:
-            out = self._hed(out, u[:, 0:7])
-        if self.jitters:
-            out = self._jitter(out, u[:, 7:12])
+    def _finish(self, plain: Tensor, jittered: Tensor, u: Tensor) -> Tensor:
+        """Colour-jitter gate, grayscale, blur, solarisation; ``plain``: the views before
+        colour jitter (the same tensor when there is none)."""
+        b = plain.shape[0] // self.n
+        out = _masked(u[:, 11] < self.colour_p, jittered, plain) if self.jitters else plain
         if self.grayscale_p > 0:
             out = _masked(u[:, 12] < self.grayscale_p, _gray(out).expand_as(out), out)
         if self.blurs:
@@ -456,6 +473,41 @@ class _ViewGroup(nn.Module):
             flip = (u[:, 15] < solarize_p).view(-1, 1, 1, 1) & (out >= 0.5)
             out = torch.where(flip, 1.0 - out, out)
         return out.clamp_(0.0, 1.0)
+
+    def _stage(self, name: str) -> Callable[..., Tensor]:
+        """The stage method ``name`` as ``compile_stages`` compiled it, else as written."""
+        return self._compiled.get(name) or getattr(self, name)
+
+    def compile_stages(self, **options: Any) -> None:
+        """``torch.compile`` each fused stage: the warp's sampling grid, the stain jitter, each
+        colour-jitter operation and the rest, so each runs as a few fused kernels instead of
+        dozens.
+
+        Stages rather than ``forward``: every random number is still drawn outside, so a
+        compiled group makes the views an eager one makes from the same seed (up to float
+        rounding), and the jitter's per-batch random order picks among compiled operations
+        instead of tracing one graph per order (24 orders, past torch.compile's recompile
+        limit). Each stage is one graph (tests compile them with ``fullgraph=True``); a
+        process that meets more than 8 view sizes or settings falls back to eager for the
+        rest rather than failing, as torch.compile does by default.
+        """
+        options = {"dynamic": False, **options}
+        for name in ("_grid", "_hed", *_JITTER_OPS, "_finish"):
+            self._compiled[name] = torch.compile(getattr(self, name), **options)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float (B, 3, H, W) in [0, 1] -> (n * B, 3, S, S), view i in rows i*B..(i+1)*B."""
+        count = self.n * x.shape[0]
+        geometry = self._geometry_draws(count, x.device)
+        u = torch.rand(count, 16, device=x.device)
+        out = self._warp(x, *geometry)
+        if self.stain.p > 0:
+            out = self._stage("_hed")(out, u[:, 0:7])
+        jittered = out
+        if self.jitters:
+            order = torch.randperm(4).tolist()  # host generator: no device round trip
+            jittered = self._jitter(out, u[:, 7:11], order)
+        return self._stage("_finish")(out, jittered, u)
 
 
 class MultiCropAugment(nn.Module):
@@ -529,6 +581,11 @@ class MultiCropAugment(nn.Module):
                 )
             )
         self.groups = nn.ModuleList(groups)
+
+    def compile_stages(self, **options: Any) -> None:
+        """``torch.compile`` every view size's fused stages (see ``_ViewGroup.compile_stages``)."""
+        for group in self.groups:
+            group.compile_stages(**options)  # type: ignore[operator]
 
     def forward_groups(self, x: Tensor) -> list[Tensor]:
         """One (n * B, 3, S, S) tensor per view size, views stacked view-major."""

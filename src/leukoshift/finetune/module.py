@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from leukoshift.config import FinetuneConfig
@@ -75,12 +76,24 @@ class ClassifierModule(pl.LightningModule):
         """Freeze what the fine-tuning mode says (after any initial weights are loaded)."""
         self._frozen = set_trainable(self.encoder.backbone, self.backbone_name, self.cfg.mode, self.cfg.unfreeze_blocks)
 
+    def head_only(self) -> bool:
+        """True in the head warm-up epochs of a fit (``head_warmup_epochs``, LP-FT): the
+        backbone is then a fixed feature extractor, run without gradients."""
+        return self._trainer is not None and self.current_epoch < self.cfg.head_warmup_epochs
+
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
         # Frozen parts keep their batch-norm statistics: the point of freezing them.
-        for block in self._frozen:
+        for block in [self.encoder] if mode and self.head_only() else self._frozen:
             block.eval()
         return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores train mode after each validation, before the epoch counter
+        # moves on: the epoch that ends the head warm-up must unfreeze the backbone here.
+        self.train()
+        if self.cfg.head_warmup_epochs and self.current_epoch == self.cfg.head_warmup_epochs:
+            rank_zero_info(f"epoch {self.current_epoch}: head warm-up done, fine-tuning the backbone too")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> penultimate features."""
@@ -88,6 +101,12 @@ class ClassifierModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> logits over the 11 fine classes."""
+        if self.training and self.head_only():
+            # No backward through the backbone: its parameters get no gradient (the
+            # optimiser skips them) and a warm-up epoch costs about a forward pass.
+            with torch.no_grad():
+                features = self.encoder(x)
+            return self.head(features)
         return self.head(self.encoder(x))
 
     # ------------------------------------------------------------------ steps

@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 import leukoshift
-from leukoshift.config import FinetuneConfig, config_to_dict, save_config
+from leukoshift.config import FinetuneConfig, TrainerConfig, config_to_dict, save_config
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.data.manifest import ManifestError
 from leukoshift.errors import UserError
@@ -36,6 +36,7 @@ from leukoshift.training import (
     default_run_dir,
     make_trainer,
     resume_checkpoint,
+    several_processes,
     write_json,
 )
 
@@ -96,6 +97,16 @@ def build_module(cfg: FinetuneConfig, train: ImageTable) -> ClassifierModule:
     return module
 
 
+def trainer_config(cfg: FinetuneConfig) -> TrainerConfig:
+    """The trainer settings, with DDP told to expect parameters without gradients when a
+    head warm-up leaves the backbone out of the first epochs' backward pass (its reducer
+    would otherwise wait for their gradients and fail at the second step)."""
+    t = cfg.trainer
+    if cfg.head_warmup_epochs and t.strategy in ("auto", "ddp") and several_processes(t):
+        return t.model_copy(update={"strategy": "ddp_find_unused_parameters_true"})
+    return t
+
+
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
     check_config(cfg)
     out = Path(cfg.out) if cfg.out is not None else default_run_dir("finetune", cfg.model.backbone)
@@ -116,7 +127,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
     )
     stopper = EarlyStopping(monitor="val/macro_f1", mode="max", patience=cfg.early_stopping_patience)
     resume_from = resume_checkpoint(out, resume)
-    trainer = make_trainer(cfg.trainer, out, [checkpoint, stopper], resume_from=resume_from)
+    trainer = make_trainer(trainer_config(cfg), out, [checkpoint, stopper], resume_from=resume_from)
     if cfg.trainer.compile:
         module.encoder = torch.compile(module.encoder)  # type: ignore[assignment]
     started = time.time()

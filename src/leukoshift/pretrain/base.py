@@ -96,13 +96,17 @@ class SSLModule(pl.LightningModule):
 
     def compile_model(self, **options: Any) -> None:
         """Compile the backbone(s) in place (``nn.Module.compile``): parameter names, hence
-        checkpoints and exported weights, stay those of the plain model.
+        checkpoints and exported weights, stay those of the plain model; and the multi-crop
+        augmentation's stages, which draw the same random numbers compiled or not.
 
         ``dynamic=False``: multi-crop has exactly two input sizes; one static graph each is
         faster than the shape-generic graph torch.compile switches to after a second size.
         """
         for module in self.compile_targets():
             module.compile(**{"dynamic": False, **options})
+        # The multi-crop augmentation too: uncompiled it was 14 % of a DINO ViT-S step on an
+        # H100 (benchmarks/RESULTS.md), dozens of small kernels per view size.
+        self.multicrop.compile_stages(**options)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,15 @@ Both run on rank 0 only and touch no collectives.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from leukoshift.data.loaders import ImageTable
 from leukoshift.eval.embed import embed_table
+from leukoshift.training import write_json
 
 
 def subsample(table: ImageTable, max_rows: int, seed: int = 0) -> ImageTable:
@@ -25,10 +28,22 @@ def subsample(table: ImageTable, max_rows: int, seed: int = 0) -> ImageTable:
 
 
 class KNNMonitor(pl.Callback):
-    def __init__(self, bank: ImageTable, query: ImageTable, every_n_epochs: int = 1, k: int = 20) -> None:
+    """``history``: one entry per measurement; written to ``path`` (if set) after each, so
+    an interrupted run keeps what it measured."""
+
+    def __init__(
+        self,
+        bank: ImageTable,
+        query: ImageTable,
+        every_n_epochs: int = 1,
+        k: int = 20,
+        path: Path | None = None,
+        history: list[dict[str, float]] | None = None,
+    ) -> None:
         self.bank, self.query = bank, query
         self.every_n_epochs, self.k = every_n_epochs, k
-        self.history: list[dict[str, float]] = []
+        self.path = path
+        self.history: list[dict[str, float]] = list(history or [])
 
     def measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
         # faiss and scikit-learn load only when the monitor runs, not with every import of
@@ -63,12 +78,16 @@ class KNNMonitor(pl.Callback):
         with torch.no_grad():
             result = self.measure(pl_module)
         self.history.append({"epoch": epoch, **result})
+        if self.path is not None:
+            write_json(self.path, {"history": self.history})
         # rank_zero_only: other ranks never log these, so no sync is requested.
         pl_module.log("monitor/knn_acc", result["knn_acc"], rank_zero_only=True)
-        if not np.isnan(result["lab_mixing"]):
+        line = f"epoch {epoch}: kNN accuracy {result['knn_acc']:.3f}"
+        if not np.isnan(result["lab_mixing"]):  # NaN: the monitor manifests hold one lab
             pl_module.log("monitor/lab_mixing", result["lab_mixing"], rank_zero_only=True)
             pl_module.log("monitor/lab_isolation", result["lab_isolation"], rank_zero_only=True)
-        print(
-            f"epoch {epoch}: kNN accuracy {result['knn_acc']:.3f}, lab mixing (own/chance) "
-            f"{result['lab_mixing']:.2f}, lab isolation {result['lab_isolation']:.2f} (0 mixed, 1 island)"
-        )
+            line += (
+                f", lab mixing (own/chance) {result['lab_mixing']:.2f}, "
+                f"lab isolation {result['lab_isolation']:.2f} (0 mixed, 1 island)"
+            )
+        print(line)

@@ -8,11 +8,13 @@ sources, so a held-out lab can be kept strictly unseen. The run folder ends with
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 import leukoshift
@@ -91,6 +93,16 @@ def build_monitor(cfg: PretrainConfig, progress: bool = True) -> KNNMonitor | No
     return KNNMonitor(subsample(bank, m.max_images), subsample(query, m.max_images), m.every_n_epochs, m.k)
 
 
+def earlier_history(out: Path, resume_from: Path | None) -> list[dict[str, Any]]:
+    """The online monitor's entries a resumed run keeps: those of the epochs its checkpoint
+    had finished (the monitor itself only knows the epochs of this process)."""
+    path = out / "monitor.json"
+    if resume_from is None or not path.is_file():
+        return []
+    finished = int(torch.load(resume_from, map_location="cpu", mmap=True, weights_only=False)["epoch"])
+    return [h for h in json.loads(path.read_text()).get("history", []) if h.get("epoch", finished + 1) <= finished]
+
+
 def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
     check_config(cfg)
     out = Path(cfg.out) if cfg.out is not None else default_run_dir("ssl", f"{cfg.method}-{cfg.model.backbone}")
@@ -104,7 +116,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
     pool = load_pool(cfg, progress)
+    resume_from = resume_checkpoint(out, resume)
     monitor = build_monitor(cfg, progress)
+    if monitor is not None:
+        monitor.path, monitor.history = out / "monitor.json", earlier_history(out, resume_from)
     module = METHODS[cfg.method](config_to_dict(cfg))
     if cfg.model.init is not None:
         load_backbone_weights(module.backbone, cfg.model.init)
@@ -119,7 +134,6 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
     callbacks: list[pl.Callback] = [checkpoint]
     if monitor is not None:
         callbacks.append(monitor)
-    resume_from = resume_checkpoint(out, resume)
     trainer = make_trainer(
         cfg.trainer,
         out,
