@@ -243,7 +243,7 @@ class FinetuneConfig(Strict):
         description="first epochs train the head alone on the frozen backbone, then the model is "
         "fine-tuned as `mode` says (LP-FT, Kumar et al. 2022): the backbone's first gradients come "
         "from a fitted head rather than a random one, which distorts pretrained features less; "
-        "for --init weights, 0 for random init",
+        "meant for --init weights (e.g. 3 of 15 epochs); 0 (off) for random init",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -28,22 +28,15 @@ def subsample(table: ImageTable, max_rows: int, seed: int = 0) -> ImageTable:
 
 
 class KNNMonitor(pl.Callback):
-    """``history``: one entry per measurement; written to ``path`` (if set) after each, so
-    an interrupted run keeps what it measured."""
+    """``history``: one entry per measurement (a resumed run starts it with the entries
+    before its checkpoint); written to ``path``, if set, after each measurement, so an
+    interrupted run keeps what it measured."""
 
-    def __init__(
-        self,
-        bank: ImageTable,
-        query: ImageTable,
-        every_n_epochs: int = 1,
-        k: int = 20,
-        path: Path | None = None,
-        history: list[dict[str, float]] | None = None,
-    ) -> None:
+    def __init__(self, bank: ImageTable, query: ImageTable, every_n_epochs: int = 1, k: int = 20) -> None:
         self.bank, self.query = bank, query
         self.every_n_epochs, self.k = every_n_epochs, k
-        self.path = path
-        self.history: list[dict[str, float]] = list(history or [])
+        self.path: Path | None = None
+        self.history: list[dict[str, float]] = []
 
     def measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
         # faiss and scikit-learn load only when the monitor runs, not with every import of
