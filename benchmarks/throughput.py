@@ -648,51 +648,32 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def ratio_row(label: str, ours: float, reference: float | None) -> tuple[str, str, str, str]:
+    """One table row: our rate, the reference's (when it was measured) and their ratio."""
+    if not reference:
+        return (label, f"{ours:,.0f}", "-", "-")
+    return (label, f"{ours:,.0f}", f"{reference:,.0f}", f"{ours / reference:.2f}x")
+
+
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     data = results.get("data")
     if isinstance(data, dict) and "ours" in data:
-        rows.append(
-            (
-                "data: multi-crop views/s",
-                f"{data['ours']:,.0f}",
-                f"{data['reference']:,.0f}",
-                f"{data['ours'] / data['reference']:.2f}x",
-            )
-        )
+        rows.append(ratio_row("data: multi-crop views/s", data["ours"], data["reference"]))
         compiled = results.get("data/ours-compiled")
         if isinstance(compiled, dict) and "ours" in compiled:
-            rows.append(
-                (
-                    "data: multi-crop views/s, ours compiled",
-                    f"{compiled['ours']:,.0f}",
-                    f"{data['reference']:,.0f}",
-                    f"{compiled['ours'] / data['reference']:.2f}x",
-                )
-            )
+            rows.append(ratio_row("data: multi-crop views/s, ours compiled", compiled["ours"], data["reference"]))
     for method in ("dino", "simclr"):
-        ours, ref = results.get(f"{method}/ours"), results.get(f"{method}/reference")
-        if isinstance(ours, dict) and "images_per_s" in ours:
-            ref_rate = ref.get("images_per_s") if isinstance(ref, dict) else None
-            rows.append(
-                (
-                    f"{method.upper() if method == 'dino' else 'SimCLR'} step images/s",
-                    f"{ours['images_per_s']:,.0f}",
-                    f"{ref_rate:,.0f}" if ref_rate else "-",
-                    f"{ours['images_per_s'] / ref_rate:.2f}x" if ref_rate else "-",
-                )
-            )
-        compiled = results.get(f"{method}/ours-compiled")
-        if isinstance(compiled, dict) and "images_per_s" in compiled:
-            ref_rate = ref.get("images_per_s") if isinstance(ref, dict) else None
-            rows.append(
-                (
-                    f"{method.upper() if method == 'dino' else 'SimCLR'} step, ours compiled",
-                    f"{compiled['images_per_s']:,.0f}",
-                    f"{ref_rate:,.0f}" if ref_rate else "-",
-                    f"{compiled['images_per_s'] / ref_rate:.2f}x" if ref_rate else "-",
-                )
-            )
+        name = "DINO" if method == "dino" else "SimCLR"
+        ref = results.get(f"{method}/reference")
+        ref_rate = ref.get("images_per_s") if isinstance(ref, dict) else None
+        for key, label in (
+            (f"{method}/ours", f"{name} step images/s"),
+            (f"{method}/ours-compiled", f"{name} step, ours compiled"),
+        ):
+            ours = results.get(key)
+            if isinstance(ours, dict) and "images_per_s" in ours:
+                rows.append(ratio_row(label, ours["images_per_s"], ref_rate))
     return rows
 
 

@@ -115,13 +115,19 @@ def resume_checkpoint(out: Path, resume: bool) -> Path | None:
     return last if resume and last.is_file() else None
 
 
+def checkpoint_counter(path: Path, key: str) -> int:
+    """A Lightning checkpoint's ``epoch`` or ``global_step``, read memory-mapped (the
+    weights are not loaded)."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)[key])
+
+
 def kept_log_rows(out: Path, resume_from: Path | None) -> tuple[list[str], list[dict[str, str]]]:
     """The ``logs/metrics.csv`` header and rows a resumed run keeps: those logged before
     its checkpoint's step (later rows belong to work the checkpoint does not hold)."""
     metrics = out / "logs" / "metrics.csv"
     if resume_from is None or not metrics.is_file():
         return [], []
-    step = int(torch.load(resume_from, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    step = checkpoint_counter(resume_from, "global_step")
     with open(metrics, newline="") as f:
         reader = csv.DictReader(f)
         rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < step]

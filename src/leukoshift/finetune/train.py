@@ -31,6 +31,7 @@ from leukoshift.models.checkpoints import export_weights, load_backbone_weights
 from leukoshift.taxonomy import FINE_CLASSES, LABEL_CODES
 from leukoshift.training import (
     TableDataModule,
+    checkpoint_counter,
     completed_run,
     config_hash,
     default_run_dir,
@@ -153,7 +154,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
 
 def _epoch_of(path: Path) -> int | None:
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+        return checkpoint_counter(path, "epoch")
     except (OSError, KeyError, RuntimeError):
         return None
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 import leukoshift
@@ -30,6 +29,7 @@ from leukoshift.pretrain.monitor import KNNMonitor, subsample
 from leukoshift.pretrain.simclr import SimCLR
 from leukoshift.training import (
     TableDataModule,
+    checkpoint_counter,
     completed_run,
     config_hash,
     default_run_dir,
@@ -99,7 +99,7 @@ def earlier_history(out: Path, resume_from: Path | None) -> list[dict[str, Any]]
     path = out / "monitor.json"
     if resume_from is None or not path.is_file():
         return []
-    finished = int(torch.load(resume_from, map_location="cpu", mmap=True, weights_only=False)["epoch"])
+    finished = checkpoint_counter(resume_from, "epoch")
     return [h for h in json.loads(path.read_text()).get("history", []) if h.get("epoch", finished + 1) <= finished]
 
 
