@@ -70,7 +70,7 @@ def test_help_lists_every_command_group(capsys: pytest.CaptureFixture[str], monk
     assert set(GROUPS) <= listed
     code, out, _ = run(["data", "--help"], capsys, monkeypatch)
     assert code == 0
-    for command in ("import", "summary", "split", "cache", "synth"):
+    for command in ("import", "summary", "split", "cache", "synth", "appearance"):
         assert f"│ {command} " in out
 
 
@@ -164,6 +164,22 @@ def test_import_summary_split_cache(
     assert "18 images" in out and "(0 failed)" in out
     cache_file = Path(out.split(" -> ")[1].split(" (")[0])
     assert np.load(cache_file, mmap_mode="r").shape == (18, 3, 16, 16)
+
+
+def test_data_appearance_table_hint_and_csv(
+    synth_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv = tmp_path / "appearance.csv"
+    argv = ["data", "appearance", str(synth_manifest), "--set", "image.size=40", "--reference", "lab_a"]
+    code, out, err = run([*argv, "--per-source", "40", "--csv", str(csv)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "lab appearance at 40 px" in out and "lab_b" in out
+    frame = pd.read_csv(csv).set_index("source")
+    assert frame.loc["lab_a", "blur_px"] == 0.0 and frame.loc["lab_b", "blur_px"] > 0.2  # synth: 0.25 vs 0.7 px
+    widest = frame["blur_sigma_224"].max()
+    assert f"augment.colour.blur_sigma=[0.1,{widest:.1f}]" in out
+    code, _, err = run([*argv[:-1], "lab_z"], capsys, monkeypatch)
+    assert_one_line_error(code, err, "--reference 'lab_z'", "lab_a, lab_b")
 
 
 @pytest.mark.parametrize(

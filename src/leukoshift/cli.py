@@ -148,17 +148,56 @@ def data_cache(
     set_: SetOpt = None,
 ) -> None:
     """Decode and resize every image once into the memory-mapped cache (config: image.*)."""
-    from leukoshift.config import ImageConfig, Strict, load_config
+    from leukoshift.config import ImageOnlyConfig, load_config
     from leukoshift.data.cache import build_cache
     from leukoshift.data.manifest import read_manifest
 
-    class _CacheConfig(Strict):
-        image: ImageConfig = ImageConfig()
-
-    cfg = load_config(_CacheConfig, config, set_)
+    cfg = load_config(ImageOnlyConfig, config, set_)
     for path in manifests:
         cache = build_cache(read_manifest(path), cfg.image)
         console.print(f"{path}: {cache.n} images -> {cache.path} ({len(cache.failed)} failed)", markup=False)
+
+
+@data_app.command("appearance")
+def data_appearance(
+    manifests: Annotated[list[Path], typer.Argument(help="manifest CSV(s)")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    reference: Annotated[str | None, typer.Option(help="source to measure blur from (default: the largest)")] = None,
+    per_source: Annotated[int, typer.Option(min=1, help="images sampled per source")] = 1000,
+    csv: Annotated[Path | None, typer.Option(help="also write the table here")] = None,
+) -> None:
+    """How the labs differ before any model: sharpness, matching blur, stain, brightness."""
+    from leukoshift.config import ImageOnlyConfig, load_config
+    from leukoshift.data.loaders import load_table
+    from leukoshift.data.manifest import read_manifests
+    from leukoshift.domain.appearance import lab_appearance
+
+    cfg = load_config(ImageOnlyConfig, config, set_)
+    sources = sorted(read_manifests(manifests).frame["source"].unique())
+    if reference is not None and reference not in sources:
+        raise UserError(f"--reference {reference!r}: not a source of these manifests ({', '.join(sources)})")
+    table = load_table(manifests, cfg.image, split="all")
+    frame = lab_appearance(table, reference=reference, max_per_source=per_source)
+    rich_table = Table(
+        title=f"lab appearance at {cfg.image.size} px ({cfg.image.preprocess}); blur_px: the blur that makes "
+        f"{frame.attrs['reference']} as soft, blur_sigma_224: the same in augment.colour.blur_sigma units"
+    )
+    for col in frame.columns:
+        rich_table.add_column(str(col), justify="left" if col == "source" else "right")
+    for row in frame.itertuples(index=False):
+        rich_table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(rich_table)
+    widest = float(frame["blur_sigma_224"].max())
+    if widest > 0:
+        console.print(
+            f"blur augmentation reaching every lab: --set augment.colour.blur_p=0.5 "
+            f"--set 'augment.colour.blur_sigma=[0.1,{max(widest, 0.1):.1f}]'",
+            markup=False,
+        )
+    if csv is not None:
+        frame.to_csv(csv, index=False)
+        console.print(f"table -> {csv}", markup=False)
 
 
 @data_app.command("synth")

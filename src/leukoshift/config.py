@@ -47,6 +47,13 @@ class ImageConfig(Strict):
     cache_dir: Path | None = Field(None, description="where cached arrays live; default: .cache/ beside each manifest")
 
 
+class ImageOnlyConfig(Strict):
+    """Config of the commands that only read images (``data cache``, ``data appearance``):
+    ``image.*`` alone, e.g. ``--set image.size=96 --set image.preprocess=centre``."""
+
+    image: ImageConfig = Field(default_factory=ImageConfig)
+
+
 class DataConfig(Strict):
     manifests: list[Path] = Field(default_factory=list, description="labelled manifests (CSV)")
     unlabeled: list[Path] = Field(

@@ -117,6 +117,7 @@ def test_tiny_benchmark_runs_resumes_and_reports(
     assert all(r["scores"]["n"] == 11 * 24 for r in runs)  # every held-out image scored
     html = (out / "report.html").read_text()
     assert "Held-out macro-F1" in html and "lab_a" in html and "features+svm" in html
+    assert "How the labs differ before any model" in html and "blur_sigma_224" in html
     assert "<img" in html
     assert not re.search(r"""(src|href)=["']https?://""", html)  # self-contained, no network
     assert (out / "report.md").is_file()

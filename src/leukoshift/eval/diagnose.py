@@ -25,6 +25,7 @@ import pandas as pd
 
 from leukoshift.config import ImageConfig
 from leukoshift.data.loaders import ImageTable, load_table
+from leukoshift.domain.appearance import lab_appearance
 from leukoshift.errors import UserError
 from leukoshift.eval.embed import cached_embeddings, embed_table, embedding_key, pixel_features
 from leukoshift.eval.knn import knn_accuracy, knn_graph, lab_mixing, silhouettes, source_probe
@@ -111,6 +112,8 @@ def run_diagnose(
     out.mkdir(parents=True, exist_ok=True)
     feats = features_for(table, checkpoint, out / "embeddings", device=None, progress=progress)
     numbers = diagnose_features(feats, table, k=k, seed=seed)
+    appearance = lab_appearance(table, seed=seed)
+    numbers["appearance"] = {"reference": appearance.attrs["reference"], "per_source": appearance.to_dict("records")}
     numbers.update(
         checkpoint=str(checkpoint) if checkpoint else "raw pixels", image=image.model_dump(mode="json"), split=split
     )
@@ -160,6 +163,18 @@ def write_diagnose_report(numbers: dict[str, Any], out: Path) -> tuple[Path, Pat
             "0 (mixed) .. 1 (island) so labs of different sizes compare."
         )
         report.add_table(table, caption="per source")
+    report.add_heading("Lab appearance")
+    report.add_text(
+        "What differs between the labs before any model: median sharpness (std of the "
+        f"Laplacian over std of the grey image), the Gaussian blur (blur_px) that makes "
+        f"{numbers['appearance']['reference']} as soft as each lab, and median stain "
+        "concentrations (colour deconvolution) and brightness. Fine-tuning covers a lab's optics "
+        "when `augment.colour.blur_p` > 0 and the upper end of `augment.colour.blur_sigma` "
+        "reaches the lab's blur_sigma_224."
+    )
+    report.add_table(
+        pd.DataFrame(numbers["appearance"]["per_source"]), caption="per source, on the images as the model sees them"
+    )
     report.add_heading("UMAP")
     report.add_image(out / "umap_source.png", "coloured by source (lab)")
     report.add_image(out / "umap_class.png", "coloured by class")
@@ -168,7 +183,8 @@ def write_diagnose_report(numbers: dict[str, Any], out: Path) -> tuple[Path, Pat
     import json
 
     report.add_code(
-        json.dumps({k: v for k, v in numbers.items() if k not in ("lab_mixing",)}, indent=2, default=str), "json"
+        json.dumps({k: v for k, v in numbers.items() if k not in ("lab_mixing", "appearance")}, indent=2, default=str),
+        "json",
     )
     report.add_code(json.dumps(software_versions(), indent=2), "json")
     return report.write(out)

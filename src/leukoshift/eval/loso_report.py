@@ -2,8 +2,9 @@
 
 Top: which method generalises best to each unseen lab (macro-F1, best per column in
 bold), then the in-domain vs held-out bars (the cost of meeting a new lab), per-class F1
-on held-out labs, confusion matrices of the held-out folds, feature diagnostics (UMAP,
-lab mixing) and finally the exact config and software versions.
+on held-out labs, confusion matrices of the held-out folds, how the labs' images differ
+(sharpness, stain), feature diagnostics (UMAP, lab mixing) and finally the exact config
+and software versions.
 """
 
 from __future__ import annotations
@@ -122,6 +123,17 @@ def write_loso_report(loso: Loso, results: list[dict[str, Any]], tables: LosoTab
         )
         report.add_image(figs / f"confusion_{_slug(held)}.png", f"{best[held]} on {held}")
 
+    appearance = _appearance(loso)
+    if appearance is not None:
+        report.add_heading("How the labs differ before any model")
+        report.add_text(
+            "Per lab, on the images as the models see them: median sharpness (std of the Laplacian over std of the "
+            f"grey image), the Gaussian blur that makes {appearance.attrs['reference']} as soft (blur_px; "
+            "blur_sigma_224 in `augment.colour.blur_sigma` units, which blur augmentation needs to reach to show "
+            "the model that lab's optics), median stain concentrations and brightness."
+        )
+        report.add_table(appearance)
+
     diag = _diagnostics(loso, results, figs)
     if diag is not None:
         report.add_heading("Do the features mix the labs?")
@@ -153,6 +165,18 @@ def write_loso_report(loso: Loso, results: list[dict[str, Any]], tables: LosoTab
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def _appearance(loso: Loso) -> pd.DataFrame | None:
+    """Sharpness, matching blur, stain and brightness per lab (with the diagnostics)."""
+    cfg = loso.cfg
+    if cfg.diagnose_points <= 0:
+        return None
+    from leukoshift.data.loaders import load_table
+    from leukoshift.domain.appearance import lab_appearance
+
+    table = load_table(cfg.labelled, cfg.image, split="all", labelled=True, progress=False)
+    return lab_appearance(table)
 
 
 def _diagnostics(loso: Loso, results: list[dict[str, Any]], figs: Path) -> pd.DataFrame | None:
