@@ -165,3 +165,15 @@ def test_failed_rows_are_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "1 row(s) could not be decoded" in capsys.readouterr().out
     dataset = BatchedImages(table)
     assert dataset[[0, 2]]["image"].shape == (2, 3, 16, 16)
+
+
+def test_a_manifest_whose_images_all_fail_names_itself(tmp_path: Path) -> None:
+    for k in range(3):
+        write_image(tmp_path / "lab" / "Lymphocyte" / f"{k}.jpg", seed=k)
+    out = tmp_path / "lab" / "m.csv"
+    import_dataset("folder", tmp_path / "lab", "x", out, progress=False, workers=1)
+    moved = tmp_path / "elsewhere" / "m.csv"  # relative paths no longer lead to the images
+    moved.parent.mkdir()
+    moved.write_text(out.read_text())
+    with pytest.raises(ManifestError, match=r"m\.csv: none of its 3 images could be read \(first: .*0\.jpg\)"):
+        load_table([moved], CFG, progress=False)

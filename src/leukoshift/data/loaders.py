@@ -121,6 +121,13 @@ def load_table(
             if copies.any():
                 print(f"{path}: {int(copies.sum())} row(s) left out: identical to images of excluded source(s)")
             mask &= ~copies
+        if cache.failed and len(cache.failed) == len(manifest.frame):
+            # Not a few bad files: the paths are wrong (a moved manifest with relative paths).
+            first = manifest.abs_paths[0]
+            raise ManifestError(
+                f"{path}: none of its {len(manifest.frame)} images could be read (first: {first}); "
+                "check the paths, which are relative to the manifest's folder"
+            )
         mask[list(cache.failed)] = False
         if cache.failed:
             print(f"{path}: {len(cache.failed)} row(s) could not be decoded and are left out")
