@@ -6,6 +6,9 @@ each and their ratio, and writes every window with ``--json-out``.
 
     python benchmarks/augment_compile.py --help
     python benchmarks/augment_compile.py --device cpu --threads 1 --batch-size 64
+    # DINO's GPU views, with the operations that take the time (torch.profiler):
+    python benchmarks/augment_compile.py --device cuda --batch-size 256 --image-size 224 \
+        --global-size 224 --local-size 96 --profile 5
 """
 
 from __future__ import annotations
@@ -23,6 +26,29 @@ from leukoshift.config import PretrainConfig, load_config
 from leukoshift.domain.augment import build_multicrop
 
 
+def top_operations(
+    module: torch.nn.Module, x: torch.Tensor, batches: int, top: int, device: torch.device
+) -> list[dict[str, float | str]]:
+    """The operations taking the most self time over ``batches`` batches (device time on a
+    GPU, where the host only queues kernels), per batch, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        for _ in range(batches):
+            module.forward_groups(x)
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    # Kernels carry the device time; on a CPU the operators carry the host time.
+    self_us = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    ranked = sorted((e for e in events if self_us(e) > 0), key=self_us, reverse=True)[:top]
+    return [
+        {"op": e.key, "ms_per_batch": self_us(e) / 1000 / batches, "calls_per_batch": e.count / batches} for e in ranked
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -34,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-local", type=int, default=6)
     p.add_argument("--steps", type=int, default=5, help="batches per timed window")
     p.add_argument("--windows", type=int, default=9, help="timed windows per module")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N batches of each module and list the operations that take the "
+        "most device time (CPU time on a CPU) per batch",
+    )
+    p.add_argument("--top", type=int, default=12, help="operations listed per module with --profile")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -75,11 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, rate in medians.items():
         print(f"{name:<9} {rate:10,.0f} views/s (median of {args.windows} windows)")
     print(f"compiled / eager: {medians['compiled'] / medians['eager']:.2f}x")
+    profiles = {}
+    if args.profile:
+        with torch.no_grad():
+            for name, module in (("eager", eager), ("compiled", compiled)):
+                profiles[name] = top_operations(module, x, args.profile, args.top, device)
+                print(f"\n{name}: ms per batch by operation (self time, top {args.top})")
+                for row in profiles[name]:
+                    print(f"  {row['ms_per_batch']:8.3f}  {row['calls_per_batch']:6.1f} calls  {row['op'][:90]}")
     if args.json_out:
         report = {
             "args": {k: str(v) for k, v in vars(args).items()},
             "views_per_s": medians,
             "windows": rates,
+            "profile": profiles,
             "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }

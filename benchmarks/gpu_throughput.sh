@@ -12,6 +12,8 @@
 # phases, ~1-2 min compiling; --budget skips measurements not started after BUDGET s.
 # A narrower rerun, e.g. the compiled step part by part with DINO's 65,536-output head:
 #   ONLY=dino,phases BUDGET=400 EXTRA="--set dino.out_dim=65536" bash benchmarks/gpu_throughput.sh
+# BATCH2=512 adds our DINO step (eager and compiled, no reference) at that batch size on the
+# same machine, cut off after SECOND_S seconds (default 170), into throughput_gpu_b$BATCH2.json.
 set -o pipefail
 ONLY=${ONLY:-data,dino,simclr,phases}
 BUDGET=${BUDGET:-300}
@@ -29,3 +31,11 @@ python3 benchmarks/throughput.py --device cuda --backbone vit_small \
     --steps 14 --warmup 4 --repeats 5 --data .device_payload/pbc_subset --max-images 2048 \
     --only "$ONLY" --compile dino --budget "$BUDGET" ${EXTRA:-} --json-out "$OUT/throughput_gpu.json" 2>&1 \
     | tee "$OUT/throughput_gpu.log"
+[ -n "${BATCH2:-}" ] || exit 0
+# Fewer, larger memory blocks: a batch of 512 fills most of the memory with activations.
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+timeout "${SECOND_S:-170}" python3 benchmarks/throughput.py --device cuda --backbone vit_small \
+    --global-size 224 --local-size 96 --n-local 6 --batch-size "$BATCH2" --workers 14 \
+    --steps 14 --warmup 4 --repeats 5 --data .device_payload/pbc_subset --max-images 2048 \
+    --only dino --paths ours --compile dino ${EXTRA:-} --json-out "$OUT/throughput_gpu_b$BATCH2.json" 2>&1 \
+    | tee "$OUT/throughput_gpu_b$BATCH2.log"

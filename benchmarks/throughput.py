@@ -117,6 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of data, dino, simclr, phases (the DINO step's parts)",
     )
     p.add_argument(
+        "--paths",
+        default="ours,reference",
+        help="which training steps to time: ours, reference or both (e.g. --paths ours for a "
+        "second batch size on the same machine, the reference already measured)",
+    )
+    p.add_argument(
         "--compile",
         nargs="?",
         const="dino,simclr",
@@ -142,9 +148,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     args.compile = {s.strip() for s in args.compile.split(",") if s.strip()}
-    unknown = (args.only - {"data", "dino", "simclr", "phases"}) | (args.compile - {"dino", "simclr"})
+    args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
+    unknown = (
+        (args.only - {"data", "dino", "simclr", "phases"})
+        | (args.compile - {"dino", "simclr"})
+        | (set(args.paths) - {"ours", "reference"})
+    )
     if unknown:
-        p.error(f"--only/--compile: unknown {', '.join(sorted(unknown))}")
+        p.error(f"--only/--compile/--paths: unknown {', '.join(sorted(unknown))}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -759,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
             run("data", lambda: bench_data(args, tree, table))
         for method in ("dino", "simclr"):
             if method in args.only:
-                for path in ("ours", "reference"):
+                for path in args.paths:
                     run(
                         f"{method}/{path}",
                         lambda m=method, p=path: bench_step(args, tree, table, m, p),
@@ -769,16 +780,17 @@ def main(argv: list[str] | None = None) -> int:
         # Compiled steps last: after torch.compile has run in this process, the reference's
         # forked DataLoader workers died with "CUDA error: initialization error" (H100, torch
         # 2.11), so a reference measured after it fails.
-        if "data" in args.only and "dino" in args.compile:
-            run("data/ours-compiled", lambda: bench_data(args, tree, table, compile_=True))
+        # The training steps first: under --budget, the compiled data path is the one to drop.
         for method in ("dino", "simclr"):
-            if method in args.only and method in args.compile:
+            if method in args.only and method in args.compile and "ours" in args.paths:
                 run(
                     f"{method}/ours-compiled",
                     lambda m=method: bench_step(args, tree, table, m, "ours", True),
                 )
         if "phases" in args.only and "dino" in args.compile:
             run("dino/phases-compiled", lambda: bench_phases(args, table, compile_=True))
+        if "data" in args.only and "dino" in args.compile:
+            run("data/ours-compiled", lambda: bench_data(args, tree, table, compile_=True))
     print_table(results)
     save()
     return 0

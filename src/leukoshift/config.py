@@ -65,6 +65,14 @@ class DataConfig(Strict):
     val_split: str = "val"
     test_split: str = "test"
     batch_size: int = Field(64, ge=1)
+    source_balance: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="training draws per source in proportion to its size ** (1 - x): 0 keeps "
+        "the pool's proportions, 1 draws every source equally often (a small lab's images "
+        "repeat), 0.5 by the square root of its size; same epoch length, drawn with replacement",
+    )
     num_workers: int | Literal["auto"] = Field(
         "auto",
         description="loader processes; auto: 0 without a GPU (cached uint8 batches are cheaper "
@@ -317,6 +325,13 @@ class SimclrConfig(Strict):
     out_dim: int = Field(128, ge=8)
     temperature: float = Field(0.1, gt=0.0, description="NT-Xent temperature; 0.1 for large batches, 0.5 small")
     gather_distributed: bool = Field(True, description="negatives from every GPU under DDP")
+    negatives: Literal["batch", "same_source"] = Field(
+        "batch",
+        description="batch: every other image in the batch (SimCLR); same_source: only images "
+        "of the anchor's own lab, so stain, focus or framing cannot tell two images apart and "
+        "the encoder gains nothing by keeping them (in-domain negatives, Kim et al. 2021); "
+        "pair it with data.source_balance so that small labs have negatives in every batch",
+    )
 
 
 class SSLOptimConfig(Strict):

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from leukoshift.config import TrainerConfig
-from leukoshift.data.loaders import ImageTable, make_loader
+from leukoshift.data.loaders import ImageTable, make_loader, source_balance_weights, source_shares
 
 # Lightning notes that our hook runs although a data module is used: that is the design
 # (augmentation belongs to the model, the data module only serves uint8 batches).
@@ -76,10 +76,12 @@ class TableDataModule(pl.LightningDataModule):
         num_workers: int | str,
         seed: int,
         drop_last: bool = False,
+        source_balance: float = 0.0,
     ) -> None:
         super().__init__()
         self.train_table, self.val_table = train, val
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
+        self.source_balance = source_balance
         self.num_workers = resolve_workers(num_workers)
 
     def _rank(self) -> tuple[int, int]:
@@ -98,7 +100,15 @@ class TableDataModule(pl.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            weights=source_balance_weights(self.train_table.sources, self.source_balance),
         )
+
+    def describe_draws(self) -> str | None:
+        """One line naming each source's share of an epoch, when ``source_balance`` is set."""
+        if not self.source_balance or self.train_table is None:
+            return None
+        shares = source_shares(self.train_table, self.source_balance)
+        return "draws per epoch by source: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
 
     def val_dataloader(self) -> Any:
         if self.val_table is None or len(self.val_table) == 0:

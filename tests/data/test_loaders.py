@@ -17,9 +17,12 @@ from leukoshift.data.loaders import (
     ShardedBatchSampler,
     load_table,
     make_loader,
+    source_balance_weights,
+    source_shares,
 )
 from leukoshift.data.manifest import ManifestError, read_manifest
 from leukoshift.taxonomy import LABEL_CODES
+from leukoshift.training import TableDataModule
 from tests.conftest import make_pbc_tree, write_image
 
 CFG = ImageConfig(size=16)
@@ -127,6 +130,45 @@ def test_sampler_reshuffles_per_epoch_and_is_reproducible() -> None:
     assert flat(list(ShardedBatchSampler(50, 8, shuffle=False))) == list(range(50))
     dropped = list(ShardedBatchSampler(50, 8, drop_last=True))
     assert len(dropped) == 6 and all(len(b) == 8 for b in dropped)
+
+
+def test_source_balance_weights_set_each_sources_share() -> None:
+    sources = np.array([0] * 900 + [1] * 100)
+    assert source_balance_weights(sources, 0.0) is None  # plain shuffling
+    for power, share_of_small in ((1.0, 0.5), (0.5, 10 / (30 + 10))):  # n ** (1 - power)
+        w = source_balance_weights(sources, power)
+        assert w is not None and w.sum() == pytest.approx(1.0)
+        assert w[sources == 1].sum() == pytest.approx(share_of_small)
+        assert len(set(w[sources == 0])) == 1  # rows of one source are equally likely
+
+
+def test_weighted_sampler_draws_the_shares_reproducibly_and_shards() -> None:
+    sources = np.array([0] * 900 + [1] * 100)
+    w = source_balance_weights(sources, 1.0)
+    sampler = ShardedBatchSampler(1000, 50, seed=3, weights=w)
+    epoch0 = flat(list(sampler))
+    assert len(epoch0) == 1000 and epoch0 == flat(list(sampler))  # same length, reproducible
+    assert 0.45 < np.mean(sources[epoch0] == 1) < 0.55  # balanced, not 10 %
+    assert len(set(epoch0)) < 1000  # drawn with replacement: the small source repeats
+    sampler.set_epoch(1)
+    assert flat(list(sampler)) != epoch0
+    ranks = [flat(list(ShardedBatchSampler(1000, 50, seed=3, rank=r, world_size=2, weights=w))) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(epoch0)  # the ranks split one shared draw
+    with pytest.raises(ValueError, match="one weight per row"):
+        ShardedBatchSampler(999, 50, weights=w)
+    with pytest.raises(ValueError, match="shuffle"):
+        ShardedBatchSampler(1000, 50, shuffle=False, weights=w)
+
+
+def test_datamodule_draws_by_source_balance(manifests: tuple[Path, Path]) -> None:
+    table = load_table(list(manifests), CFG, progress=False)  # 20 pbc rows, 6 pool rows
+    assert source_shares(table, 0.0) == pytest.approx({"pbc": 20 / 26, "pool": 6 / 26})
+    plain = TableDataModule(table, None, 8, 0, seed=0)
+    assert plain.describe_draws() is None
+    balanced = TableDataModule(table, None, 8, 0, seed=0, source_balance=1.0)
+    assert balanced.describe_draws() == "draws per epoch by source: pbc 50%, pool 50%"
+    index = torch.cat([b["index"] for b in balanced.train_dataloader()])
+    assert len(index) == 26 and len(set(index.tolist())) < 26
 
 
 def test_memmaps_are_reopened_not_pickled(manifests: tuple[Path, Path]) -> None:

@@ -14,7 +14,7 @@ from leukoshift.errors import UserError
 from leukoshift.models.checkpoints import read_card
 from leukoshift.pretrain.base import adamw_fused
 from leukoshift.pretrain.dino import DINO, target_entropy
-from leukoshift.pretrain.simclr import SimCLR
+from leukoshift.pretrain.simclr import SameSourceNTXent, SimCLR
 from leukoshift.pretrain.train import run_pretrain
 
 FAST = [
@@ -112,6 +112,37 @@ def test_simclr_loss_matches_reference(synth_manifest: Path, tmp_path: Path) -> 
     assert torch.allclose(module.criterion(z0, z1), reference_nt_xent(z0, z1, 0.2), atol=1e-5)
 
 
+def reference_same_source_nt_xent(z0: torch.Tensor, z1: torch.Tensor, sources: list[int], t: float) -> torch.Tensor:
+    """Each view's positive is its pair; its negatives are the other images' views of its own source."""
+    z = F.normalize(torch.cat([z0, z1]), dim=1)
+    n, terms = len(z0), []
+    for i in range(2 * n):
+        pair = (i + n) % (2 * n)
+        keys = [j for j in range(2 * n) if j != i and (j == pair or sources[j % n] == sources[i % n])]
+        logits = torch.stack([z[i] @ z[j] for j in keys]) / t
+        terms.append(-torch.log_softmax(logits, 0)[keys.index(pair)])
+    return torch.stack(terms).mean()
+
+
+def test_same_source_negatives_match_reference(synth_manifest: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(12, 32), torch.randn(12, 32)
+    sources = [0, 0, 1, 2, 1, 0, 2, 2, 0, 1, 1, 0]
+    crit = SameSourceNTXent(0.2)
+    ours = crit(z0, z1, torch.tensor(sources))
+    assert torch.allclose(ours, reference_same_source_nt_xent(z0, z1, sources, 0.2), atol=1e-5)
+    assert not torch.allclose(ours, reference_nt_xent(z0, z1, 0.2), atol=1e-3)  # fewer negatives
+    one_lab = torch.zeros(12, dtype=torch.long)  # a single source: plain NT-Xent
+    assert torch.allclose(crit(z0, z1, one_lab), reference_nt_xent(z0, z1, 0.2), atol=1e-5)
+    cfg = _cfg(synth_manifest, tmp_path, "method=simclr", "simclr.negatives=same_source")
+    module = SimCLR(config_to_dict(cfg))
+    assert isinstance(module.criterion, SameSourceNTXent)
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    assert torch.isfinite(module.ssl_step(views, torch.tensor([0, 1, 0, 1])))
+    with pytest.raises(ValueError, match="source"):
+        module.ssl_step(views)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -195,6 +226,25 @@ def test_exclude_source_keeps_a_lab_out_of_the_pool(synth_manifest: Path, tmp_pa
 
     pool = load_pool(_cfg(synth_manifest, tmp_path, "data.exclude_sources=[lab_b]"), progress=False)
     assert set(pool.frame["source"]) == {"lab_a"} and len(pool) == 11 * 24
+
+
+def test_same_source_simclr_run_gets_each_images_source(
+    synth_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[torch.Tensor] = []
+    real = SameSourceNTXent.forward
+
+    def spy(self: SameSourceNTXent, out0: torch.Tensor, out1: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        seen.append(sources.clone())
+        return real(self, out0, out1, sources)
+
+    monkeypatch.setattr(SameSourceNTXent, "forward", spy)
+    extra = ["simclr.negatives=same_source", "data.source_balance=1.0", "trainer.limit_train_batches=3"]
+    out = tmp_path / "run"
+    run_pretrain(_cfg(synth_manifest, out, "method=simclr", "trainer.max_epochs=1", *extra), progress=False)
+    assert (out / "backbone.safetensors").is_file()
+    assert [len(s) for s in seen] == [32, 32, 32] and set(torch.cat(seen).tolist()) == {0, 1}
+    assert "draws per epoch by source: lab_a 50%, lab_b 50%" in capsys.readouterr().out
 
 
 def test_ssl_checkpoint_initialises_finetuning(pretrained: Path, synth_manifest: Path, tmp_path: Path) -> None:

@@ -454,8 +454,13 @@ def test_augment_compile_benchmark_times_both_modules(tmp_path: Path, monkeypatc
     bench = load_benchmark("augment_compile")
     out = tmp_path / "a.json"
     args = ["--batch-size", "4", "--image-size", "16", "--global-size", "16", "--local-size", "8"]
-    assert bench.main([*args, "--n-local", "2", "--steps", "1", "--windows", "3", "--json-out", str(out)]) == 0
+    more = ["--n-local", "2", "--steps", "1", "--windows", "3", "--profile", "2", "--top", "3"]
+    assert bench.main([*args, *more, "--json-out", str(out)]) == 0
     report = json.loads(out.read_text())
+    for rows in report["profile"].values():  # the costliest operations first, per batch
+        assert len(rows) == 3 and rows[0]["ms_per_batch"] >= rows[-1]["ms_per_batch"] > 0
+        assert all(r["calls_per_batch"] > 0 and r["op"] for r in rows)
+    assert set(report["profile"]) == {"eager", "compiled"}
     assert set(report["views_per_s"]) == {"eager", "compiled"}
     assert all(len(w) == 3 and min(w) > 0 for w in report["windows"].values())
     assert report["views_per_s"]["eager"] == pytest.approx(sorted(report["windows"]["eager"])[1])

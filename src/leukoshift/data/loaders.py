@@ -171,8 +171,36 @@ class BatchedImages(Dataset):
         }
 
 
+def source_balance_weights(sources: np.ndarray, power: float) -> np.ndarray | None:
+    """Per-row sampling weights giving a source of ``n`` rows a share proportional to
+    ``n ** (1 - power)``: 0 keeps the pool's proportions (``None``: plain shuffling), 1
+    draws every source equally often, 0.5 by the square root of its size.
+
+    A pooled SSL set is mostly its largest lab (PBC is 91 % of ``../shared/data``), so a
+    plain epoch shows the other labs' appearance to the model rarely; full balance
+    instead repeats a 100-image lab hundreds of times per epoch.
+    """
+    if power == 0 or len(sources) == 0:
+        return None
+    counts = np.bincount(sources)
+    weights = counts[sources].astype(np.float64) ** -power
+    return weights / weights.sum()
+
+
+def source_shares(table: ImageTable, power: float) -> dict[str, float]:
+    """Each source's expected fraction of an epoch's draws under ``source_balance=power``."""
+    sources = table.sources
+    weights = source_balance_weights(sources, power)
+    w = np.full(len(sources), 1.0 / len(sources)) if weights is None else weights
+    totals = np.bincount(sources, weights=w, minlength=len(table.source_names))
+    return {name: float(totals[i]) for i, name in enumerate(table.source_names)}
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of positions; shuffled per epoch with a seed, sharded across DDP ranks.
+
+    With ``weights`` (one per row) an epoch is ``n`` rows drawn with replacement in
+    proportion to them (:func:`source_balance_weights`) instead of a permutation.
 
     Every rank gets the same number of batches (required by collectives), padding with
     wrapped-around samples when the data do not divide evenly, as DistributedSampler does.
@@ -187,9 +215,12 @@ class ShardedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        weights: np.ndarray | None = None,
     ) -> None:
         if n <= 0:
             raise ValueError("no rows to sample from")
+        if weights is not None and (len(weights) != n or not shuffle):
+            raise ValueError(f"weights need shuffle=True and one weight per row ({n}), got {len(weights)}")
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
                 f"need batch_size >= 1 and 0 <= rank < world_size, "
@@ -197,6 +228,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
             )
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.weights = None if weights is None else weights / weights.sum()
         per_rank = math.ceil(n / world_size)
         if drop_last and per_rank >= batch_size:
             self.num_batches = per_rank // batch_size
@@ -213,7 +245,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
             g = np.random.default_rng((self.seed, self.epoch))
-            order = g.permutation(self.n)
+            # Weighted epochs draw with replacement (a small source's rows repeat); every
+            # rank draws the same order from the shared seed, then takes its own shard.
+            order = g.permutation(self.n) if self.weights is None else g.choice(self.n, self.n, p=self.weights)
         else:
             order = np.arange(self.n)
         total = self.per_rank * self.world_size
@@ -236,9 +270,10 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool | None = None,
+    weights: np.ndarray | None = None,
 ) -> DataLoader:
     """DataLoader over whole batches (``batch_size=None``: the sampler already batches)."""
-    sampler = ShardedBatchSampler(len(table), batch_size, shuffle, drop_last, seed, rank, world_size)
+    sampler = ShardedBatchSampler(len(table), batch_size, shuffle, drop_last, seed, rank, world_size, weights)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     return DataLoader(
         BatchedImages(table),

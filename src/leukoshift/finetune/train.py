@@ -122,7 +122,16 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
 
     tables = load_tables(cfg, progress)
     module = build_module(cfg, tables.train)
-    data = TableDataModule(tables.train, tables.val, cfg.data.batch_size, cfg.data.num_workers, cfg.trainer.seed)
+    data = TableDataModule(
+        tables.train,
+        tables.val,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        cfg.trainer.seed,
+        source_balance=cfg.data.source_balance,
+    )
+    if draws := data.describe_draws():
+        print(draws)
     checkpoint = ModelCheckpoint(
         dirpath=out, filename="best", monitor="val/macro_f1", mode="max", save_last=True, enable_version_counter=False
     )

@@ -83,7 +83,10 @@ class SSLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ interface for methods
 
-    def ssl_step(self, views: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+    def ssl_step(  # pragma: no cover - abstract
+        self, views: list[torch.Tensor], sources: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of one batch: ``views`` globals first, ``sources`` each image's lab index."""
         raise NotImplementedError
 
     def eval_backbone(self) -> nn.Module:
@@ -148,7 +151,7 @@ class SSLModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._apply_schedules()
-        loss = self.ssl_step(batch["views"])
+        loss = self.ssl_step(batch["views"], batch.get("source"))
         # No host-device synchronisation per step: the logger reads this tensor only every
         # log_every_n_steps, and the progress bar (which Lightning would read every step)
         # shows a host copy that has already arrived.

@@ -96,7 +96,7 @@ class DINO(SSLModule):
             i = j
         return outputs
 
-    def ssl_step(self, views: list[torch.Tensor]) -> torch.Tensor:
+    def ssl_step(self, views: list[torch.Tensor], sources: torch.Tensor | None = None) -> torch.Tensor:
         d = self.cfg.dino
         momentum = cosine_schedule(self.global_step, self.total_steps, d.momentum_teacher, d.momentum_teacher_end)
         update_momentum(self.backbone, self.teacher_backbone, m=momentum)

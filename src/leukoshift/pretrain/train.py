@@ -127,7 +127,17 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
             module.teacher_backbone.load_state_dict(module.backbone.state_dict())
     if cfg.trainer.compile:
         module.compile_model()
-    data = TableDataModule(pool, None, cfg.data.batch_size, cfg.data.num_workers, cfg.trainer.seed, drop_last=True)
+    data = TableDataModule(
+        pool,
+        None,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        cfg.trainer.seed,
+        drop_last=True,
+        source_balance=cfg.data.source_balance,
+    )
+    if draws := data.describe_draws():
+        print(draws)
     checkpoint = ModelCheckpoint(
         dirpath=out, filename="last", save_last=False, every_n_epochs=1, enable_version_counter=False
     )
