@@ -62,6 +62,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 # ----------------------------------------------------------------------------- arguments
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated option as a list of names, blanks dropped, order kept."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0],
@@ -146,9 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, default=None)
     args = p.parse_args(argv)
-    args.only = {s.strip() for s in args.only.split(",") if s.strip()}
-    args.compile = {s.strip() for s in args.compile.split(",") if s.strip()}
-    args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
+    args.only = set(_names(args.only))
+    args.compile = set(_names(args.compile))
+    args.paths = _names(args.paths)
     unknown = (
         (args.only - {"data", "dino", "simclr", "phases"})
         | (args.compile - {"dino", "simclr"})
