@@ -349,13 +349,37 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for metrics.json, confusion, predictions")],
     split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
     level: Annotated[str, typer.Option(help="auto (finest per row) | fine | group")] = "auto",
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="the manifests' label set, comma-separated (e.g. NE,EO,BA,LY,MO for a lab that labels "
+            "white cells only): predictions are restricted to it before scoring"
+        ),
+    ] = None,
+    adapt_bn: Annotated[
+        bool,
+        typer.Option(
+            "--adapt-bn",
+            help="re-estimate batch-norm statistics on each source's images before predicting them "
+            "(AdaBN; labels unused; CNN backbones only)",
+        ),
+    ] = False,
 ) -> None:
     """Score a checkpoint on a manifest: metrics, confusion matrix, predictions."""
     from leukoshift.eval.evaluate import run_evaluate
+    from leukoshift.taxonomy import validate_codes
 
     if level not in ("auto", "fine", "group"):
         raise UserError(f"--level {level!r}: valid: auto, fine, group")
-    m = run_evaluate(checkpoint, manifest, out, split=split, level=level)
+    label_set = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+    if label_set is not None:
+        if not label_set:
+            raise UserError("--classes: give at least one label code, e.g. NE,EO,BA,LY,MO")
+        try:
+            validate_codes(label_set)
+        except UserError as err:
+            raise UserError(f"--classes: {err}") from None
+    m = run_evaluate(checkpoint, manifest, out, split=split, level=level, classes=label_set, adapt_bn=adapt_bn)
     console.print(
         f"n={m['n']} level={m['level']} macro-F1 {m['macro_f1']:.3f} accuracy {m['accuracy']:.3f} "
         f"balanced accuracy {m['balanced_accuracy']:.3f} -> {out}"

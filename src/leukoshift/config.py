@@ -61,6 +61,12 @@ class DataConfig(Strict):
     )
     exclude_sources: list[str] = Field(default_factory=list)
     external: list[Path] = Field(default_factory=list, description="manifests evaluated in full after training")
+    external_classes: list[str] = Field(
+        default_factory=list,
+        description="label set the external labs use, e.g. [NE, EO, BA, LY, MO] for labs that label "
+        "white cells only: they are scored a second time with predictions restricted to it "
+        "(metrics.json `external_within`, beside the unrestricted `external`); empty: not at all",
+    )
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
@@ -79,6 +85,16 @@ class DataConfig(Strict):
         "to gather in-process), up to 8 with one so reading overlaps the device step",
     )
     image: ImageConfig = Field(default_factory=ImageConfig)
+
+    @field_validator("external_classes")
+    @classmethod
+    def _known_codes(cls, v: list[str]) -> list[str]:
+        from leukoshift.taxonomy import LABEL_CODES
+
+        bad = [c for c in v if c not in LABEL_CODES]
+        if bad:
+            raise ValueError(f"unknown label code(s) {', '.join(bad)}; valid: {', '.join(LABEL_CODES)}")
+        return v
 
 
 class ModelConfig(Strict):

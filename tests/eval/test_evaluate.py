@@ -31,6 +31,24 @@ def test_evaluate_writes_metrics_confusion_and_predictions(
     assert conf.to_numpy().sum() == saved["n"]
 
 
+def test_evaluate_restricted_to_a_label_set(tiny_run: Path, synth_manifest: Path, tmp_path: Path) -> None:
+    plain = run_evaluate(tiny_run / "best.ckpt", [synth_manifest], tmp_path / "plain", split="test", level="group")
+    within = run_evaluate(
+        tiny_run / "best.ckpt", [synth_manifest], tmp_path / "within", split="test", level="group", classes=["NE", "LY"]
+    )
+    assert within["classes"] == ["NE", "LY"] and plain["classes"] is None
+    assert within["n"] == plain["n"] and within["labels"] == plain["labels"]
+    preds = pd.read_csv(tmp_path / "within" / "predictions.csv")
+    assert set(preds["pred"]) <= {"NE", "LY"} and set(preds["group"]) <= {"NE", "LY"}
+    assert set(preds["pred_1"]) <= {"SNE", "BNE", "LY"}
+    # the synthetic lab has all 11 classes: only NE and LY rows can still be right
+    assert within["accuracy"] <= preds["truth"].isin(["SNE", "BNE", "LY"]).mean() + 1e-9
+    # predictions.csv is scored at the level asked for, so its rows add up to the metrics
+    for run, metrics in (("plain", plain), ("within", within)):
+        frame = pd.read_csv(tmp_path / run / "predictions.csv")
+        assert set(frame["level"]) == {"group"} and np.isclose(frame["correct"].mean(), metrics["accuracy"])
+
+
 def test_predict_skips_unreadable_files_and_flags_low_confidence(
     tiny_run: Path, synth_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -61,6 +79,8 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         ["evaluate", "--checkpoint", str(tmp_path / "junk.ckpt"), "--manifest", "m.csv", "--out", str(tmp_path)],
         ["predict", "--checkpoint", str(tmp_path / "missing.ckpt"), str(tmp_path)],
         ["finetune", "--set", "optim.lr=-1"],
+        ["finetune", "--set", "data.external_classes=[NE,XX]"],
+        ["evaluate", "--checkpoint", "c.ckpt", "--manifest", "m.csv", "--out", str(tmp_path), "--classes", "NE,XX"],
     ):
         proc = subprocess.run([sys.executable, "-m", "leukoshift", *args], capture_output=True, text=True)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -15,8 +15,8 @@ from sklearn.metrics import (
 )
 
 from leukoshift.errors import UserError
-from leukoshift.eval.metrics import CODE_ORDER, predictions_frame, row_levels, score
-from leukoshift.taxonomy import FINE_CLASSES, FINE_INDEX
+from leukoshift.eval.metrics import CODE_ORDER, predictions_frame, restrict_to, row_levels, score
+from leukoshift.taxonomy import FINE_CLASSES, FINE_INDEX, WBC5
 
 
 def one_hot(codes: list[str], confidence: float = 0.8) -> np.ndarray:
@@ -148,3 +148,39 @@ def test_predictions_frame() -> None:
     assert list(frame["group"]) == ["NE", "LY", "MO"]
     assert list(frame["correct"]) == [True, True, False]
     assert list(frame["level"]) == ["group"] * 3
+
+
+def test_restrict_to_a_label_set_masks_and_renormalises() -> None:
+    probs = np.zeros((3, len(FINE_CLASSES)))
+    probs[0, [FINE_INDEX["MY"], FINE_INDEX["LY"], FINE_INDEX["SNE"]]] = [0.6, 0.3, 0.1]
+    probs[1, [FINE_INDEX["PLT"], FINE_INDEX["BNE"]]] = [0.5, 0.5]
+    probs[2, FINE_INDEX["ERB"]] = 1.0  # nothing on the label set: uniform over it, no NaN
+    out = restrict_to(probs, ["NE", "LY"])  # NE covers SNE and BNE
+    allowed = [FINE_INDEX[c] for c in ("SNE", "BNE", "LY")]
+    assert np.allclose(out.sum(axis=1), 1.0)
+    assert np.allclose(np.delete(out, allowed, axis=1), 0.0)
+    assert out[0, FINE_INDEX["LY"]] == pytest.approx(0.75) and out[0, FINE_INDEX["SNE"]] == pytest.approx(0.25)
+    assert out[1, FINE_INDEX["BNE"]] == pytest.approx(1.0)
+    assert np.allclose(out[2, allowed], 1 / 3)
+    with pytest.raises(UserError, match="XX"):
+        restrict_to(probs, ["NE", "XX"])
+    with pytest.raises(UserError, match="at least one"):
+        restrict_to(probs, [])
+
+
+def test_label_set_turns_out_of_set_predictions_into_in_set_ones() -> None:
+    # A white-cell lab: a lymphocyte called IG (most mass on MY, LY second) and a
+    # neutrophil called PLT. Restricted to the five types both become right; the truth
+    # still decides the classes averaged over.
+    truth = ["LY", "NE", "EO"]
+    probs = np.full((3, len(FINE_CLASSES)), 0.01)
+    probs[0, [FINE_INDEX["MY"], FINE_INDEX["LY"]]] = [0.5, 0.3]
+    probs[1, [FINE_INDEX["PLT"], FINE_INDEX["SNE"], FINE_INDEX["BNE"]]] = [0.5, 0.2, 0.15]
+    probs[2, FINE_INDEX["EO"]] = 0.9
+    plain = score(probs, truth, level="group")
+    within = score(probs, truth, level="group", classes=WBC5)
+    assert plain.accuracy == pytest.approx(1 / 3) and within.accuracy == pytest.approx(1.0)
+    assert within.labels == plain.labels == ["NE", "EO", "LY"]
+    assert within.macro_f1 == pytest.approx(1.0)
+    assert {"IG", "PLT"} <= set(plain.confusion.columns)
+    assert set(within.confusion.columns) <= set(WBC5)

@@ -6,6 +6,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "optim.lr=0.002",
         "data.exclude_sources=[lab_b]",
         f"data.external=[{lab_b}]",
+        "data.external_classes=[NE,EO,BA,LY,MO]",
         "loss.label_smoothing=0",
         *NO_GEOMETRY,
     )
@@ -74,6 +76,11 @@ def test_two_epochs_beat_chance_and_fill_the_run_folder(trained: Path) -> None:
     assert metrics["val"]["level"] == "fine" and metrics["test"]["n"] == 110
     assert metrics["test"]["macro_f1"] > 1.5 * chance, metrics["test"]["macro_f1"]
     assert metrics["external"]["manifest"]["level"] == "group"
+    # scored again within the white-cell label set: same rows, no prediction outside it
+    within = metrics["external_within"]["manifest"]
+    assert within["classes"] == ["NE", "EO", "BA", "LY", "MO"] and within["n"] == metrics["external"]["manifest"]["n"]
+    outside = [i for i, c in enumerate(within["confusion"]["predicted"]) if c not in within["classes"]]
+    assert outside and not np.asarray(within["confusion"]["counts"])[:, outside].any()
     for name in ("best.ckpt", "last.ckpt", "config.yaml", "backbone.safetensors", "backbone.json", "logs/metrics.csv"):
         assert (trained / name).is_file(), name
     card = read_card(trained / "backbone.safetensors")

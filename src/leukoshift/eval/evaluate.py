@@ -23,7 +23,7 @@ from leukoshift.data.importers import IMAGE_EXTENSIONS
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.errors import UserError
 from leukoshift.eval.embed import embed_table
-from leukoshift.eval.metrics import Scores, predictions_frame, score
+from leukoshift.eval.metrics import Scores, predictions_frame, restrict_to, score
 
 
 def default_device() -> str:
@@ -78,8 +78,17 @@ def run_evaluate(
     split: str = "test",
     level: str = "auto",
     batch_size: int = 256,
+    classes: Sequence[str] | None = None,
+    adapt_bn: bool = False,
 ) -> dict[str, Any]:
-    """Score ``checkpoint`` on the labelled rows of ``split`` and write everything to ``out``."""
+    """Score ``checkpoint`` on the labelled rows of ``split`` and write everything to ``out``.
+
+    ``classes``: the manifests' label set (e.g. the five white-cell types); predictions are
+    restricted to it before scoring (:func:`~leukoshift.eval.metrics.restrict_to`), in
+    ``predictions.csv`` as well. ``adapt_bn``: each source's rows are predicted by a copy
+    of the model whose batch-norm statistics are re-estimated on that source's images
+    (:mod:`leukoshift.eval.adapt`; labels unused).
+    """
     from leukoshift.eval.plots import confusion_png
     from leukoshift.training import write_json
 
@@ -88,10 +97,17 @@ def run_evaluate(
     table = load_table(manifests, image, split=split, labelled=True)
     if len(table) == 0:
         raise UserError(f"no labelled rows in split {split!r} of {', '.join(map(str, manifests))} (try --split all)")
-    probs = predict_table(model, table, batch_size=batch_size)
+    if adapt_bn:
+        from leukoshift.eval.adapt import predict_adapted
+
+        probs = predict_adapted(model, table, batch_size=batch_size, device=default_device(), progress=True)
+    else:
+        probs = predict_table(model, table, batch_size=batch_size)
+    if classes:
+        probs = restrict_to(probs, classes)
     scores = score(probs, list(table.frame["label"]), level=level)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
-    preds = predictions_frame(probs, list(table.frame["path"]), truth=list(table.frame["label"]))
+    preds = predictions_frame(probs, list(table.frame["path"]), truth=list(table.frame["label"]), level=level)  # type: ignore[arg-type]
     preds.insert(1, "source", table.frame["source"].to_numpy())
     preds.to_csv(out / "predictions.csv", index=False)
     scores.confusion.to_csv(out / "confusion.csv")
@@ -103,6 +119,8 @@ def run_evaluate(
         "checkpoint_sha1": _file_digest(checkpoint),
         "manifests": {str(m): _file_digest(Path(m)) for m in manifests},
         "split": split,
+        "classes": list(classes) if classes else None,
+        "adapt_bn": adapt_bn,
         "image": image.model_dump(mode="json"),
     }
     write_json(out / "metrics.json", metrics)

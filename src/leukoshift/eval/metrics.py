@@ -39,6 +39,17 @@ are reported for those classes. Predictions into classes absent from the truth (
 neutrophil called ``ERB`` in a lab without erythroblasts) lower the recall of the true
 class, and so the averages, but do not add a zero-F1 class of their own to the macro
 average; they appear as extra columns of the confusion matrix.
+
+A lab's label set
+-----------------
+A lab that labels only white cells has no immature granulocytes, erythroblasts or
+platelets to find, and its users know it. ``classes`` (e.g. the five white-cell types,
+:data:`~leukoshift.taxonomy.WBC5`) restricts the predictions to the fine classes those
+codes cover (:func:`restrict_to`: the others' probabilities set to zero, the rest
+renormalised) before the argmax. It is declared, not read from the truth: the truth
+decides only which classes the averages run over, as always. Scores with and without it
+answer different questions (is the model right among the classes this lab uses, or at
+all) and are reported side by side, never mixed.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from leukoshift.taxonomy import (
     GROUPS,
     group_of,
     group_probs,
+    members,
     validate_codes,
 )
 
@@ -145,16 +157,42 @@ def row_levels(truth: Sequence[str], level: ScoreLevel = "auto") -> tuple[np.nda
     return levels, overall
 
 
+def restrict_to(fine_probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """(N, 11) probabilities restricted to the fine classes ``classes`` cover, renormalised.
+
+    ``classes`` are label codes (``NE`` stands for SNE and BNE); rows that put no
+    probability on any of them become uniform over them rather than dividing by zero.
+    """
+    codes = [str(c) for c in classes]
+    if not codes:
+        raise ScoringError("classes: give at least one label code")
+    validate_codes(codes)
+    allowed = np.zeros(len(FINE_CLASSES), dtype=bool)
+    for code in codes:
+        for member in members(code):
+            allowed[FINE_CLASSES.index(member)] = True
+    probs = _check_probs(fine_probs) * allowed
+    total = probs.sum(axis=1, keepdims=True)
+    uniform = np.broadcast_to(allowed / allowed.sum(), probs.shape)
+    return np.where(total > 0, probs / np.where(total > 0, total, 1.0), uniform)
+
+
 def compare_codes(
-    fine_probs: np.ndarray, truth: Sequence[str], level: ScoreLevel = "auto"
+    fine_probs: np.ndarray,
+    truth: Sequence[str],
+    level: ScoreLevel = "auto",
+    classes: Sequence[str] | None = None,
 ) -> tuple[list[str], list[str], np.ndarray, str]:
     """Truth and predicted codes, each row at its scoring level.
 
     Returns ``(true_codes, pred_codes, row_levels, overall_level)``; ``true_codes`` is the
-    truth collapsed to its group where the row is scored at the group level.
+    truth collapsed to its group where the row is scored at the group level. ``classes``
+    restricts the predictions to a lab's label set (:func:`restrict_to`).
     """
     codes = _check_truth(truth)
     probs = _check_probs(fine_probs, len(codes))
+    if classes is not None:
+        probs = restrict_to(probs, classes)
     levels, overall = row_levels(codes, level)
     fine_pred = np.asarray(FINE_CLASSES, dtype=object)[probs.argmax(axis=1)]
     group_pred = np.asarray(GROUPS, dtype=object)[group_probs(probs).argmax(axis=1)]
@@ -227,14 +265,20 @@ def confusion_frame(true: Sequence[str], pred: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def score(fine_probs: np.ndarray, truth: Sequence[str], level: ScoreLevel = "auto") -> Scores:
+def score(
+    fine_probs: np.ndarray,
+    truth: Sequence[str],
+    level: ScoreLevel = "auto",
+    classes: Sequence[str] | None = None,
+) -> Scores:
     """Accuracy, balanced accuracy, macro/weighted F1, per-class scores and confusion.
 
     ``fine_probs`` is (N, 11) over :data:`~leukoshift.taxonomy.FINE_CLASSES` (softmax
     outputs; only their order within a row and their group sums matter); ``truth`` holds N
-    label codes. See the module docstring for the level rule and what the averages cover.
+    label codes; ``classes``, a lab's declared label set, restricts the predictions to it.
+    See the module docstring for the level rule and what the averages cover.
     """
-    true, pred, levels, overall = compare_codes(fine_probs, truth, level)
+    true, pred, levels, overall = compare_codes(fine_probs, truth, level, classes)
     if not true:
         raise ScoringError("nothing to score: the truth is empty")
     labels = ordered(true)

@@ -112,7 +112,7 @@ def run_baseline(
     tables = load_tables(cfg, progress)
     features = pixel_featurizer(pixel_side) if kind == "logreg" else encoder_featurizer(features_from)  # type: ignore[arg-type]
     baseline = fit_baseline(kind, tables.train, features, cfg.trainer.seed, max_train)
-    metrics = score_tables(baseline.predict_proba, tables)
+    metrics = score_tables(baseline.predict_proba, tables, cfg.data.external_classes)
     joblib.dump(baseline.pipeline, out / "model.joblib")
     metrics.update(
         baseline=kind,

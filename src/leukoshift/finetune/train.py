@@ -9,7 +9,7 @@ A finished run is skipped when started again with the same config unless ``force
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,21 +171,33 @@ def _epoch_of(path: Path) -> int | None:
 def score_run(model: ClassifierModule, tables: FinetuneTables) -> dict[str, Any]:
     from leukoshift.eval.evaluate import predict_table
 
-    return score_tables(lambda t: predict_table(model, t, progress=False), tables)
+    return score_tables(lambda t: predict_table(model, t, progress=False), tables, model.cfg.data.external_classes)
 
 
-def score_tables(predict: Callable[[ImageTable], np.ndarray], tables: FinetuneTables) -> dict[str, Any]:
+def score_tables(
+    predict: Callable[[ImageTable], np.ndarray],
+    tables: FinetuneTables,
+    external_classes: Sequence[str] = (),
+) -> dict[str, Any]:
     """Scores of one model: validation and test at each row's finest level; external
-    labs at the group level (their 5 white-cell types), as DESIGN.md scores them."""
+    labs at the group level (their 5 white-cell types), as DESIGN.md scores them, and
+    again with predictions restricted to ``external_classes`` (``external_within``) when
+    those are given."""
     from leukoshift.eval.metrics import score
 
-    def run(table: ImageTable, level: str) -> dict[str, Any]:
-        return score(predict(table), list(table.frame["label"]), level=level).to_dict()  # type: ignore[arg-type]
+    def run(probs: np.ndarray, table: ImageTable, level: str, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        return score(probs, list(table.frame["label"]), level=level, classes=classes).to_dict()  # type: ignore[arg-type]
 
-    out: dict[str, Any] = {"val": run(tables.val, "auto")}
+    out: dict[str, Any] = {"val": run(predict(tables.val), tables.val, "auto")}
     if tables.test is not None:
-        out["test"] = run(tables.test, "auto")
-    out["external"] = {name: run(t, "group") for name, t in tables.external.items()}
+        out["test"] = run(predict(tables.test), tables.test, "auto")
+    external = {name: (predict(t), t) for name, t in tables.external.items()}
+    out["external"] = {name: run(p, t, "group") for name, (p, t) in external.items()}
+    if external_classes:
+        out["external_within"] = {
+            name: {**run(p, t, "group", external_classes), "classes": list(external_classes)}
+            for name, (p, t) in external.items()
+        }
     return out
 
 
@@ -221,6 +233,7 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     if "test" in metrics:
         rows.append(("test", metrics["test"]))
     rows += [(f"external {k}", v) for k, v in metrics["external"].items()]
+    rows += [(f"external {k} (label set)", v) for k, v in metrics.get("external_within", {}).items()]
     best = metrics.get("best_epoch")
     print(f"run folder: {out}" + (f" (best epoch {best})" if best is not None else ""))
     for name, m in rows:

@@ -1,0 +1,80 @@
+"""AdaBN: batch-norm statistics re-estimated on a lab's images, per lab, weights untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from leukoshift.data.loaders import ImageTable, load_table
+from leukoshift.errors import UserError
+from leukoshift.eval.adapt import adapt_batchnorm, batchnorm_layers, predict_adapted
+from leukoshift.eval.evaluate import image_config_of, load_classifier, predict_table, run_evaluate
+
+
+@pytest.fixture(scope="module")
+def model_and_table(tiny_run: Path, synth_manifest: Path) -> tuple[nn.Module, ImageTable]:
+    model = load_classifier(tiny_run / "best.ckpt")
+    return model, load_table([synth_manifest], image_config_of(model), split="all", labelled=True)
+
+
+def _first_bn_input(model: nn.Module, table: ImageTable) -> torch.Tensor:
+    """Activations entering the first batch-norm layer, (N, C, H, W), from the unadapted model."""
+    first = batchnorm_layers(model)[0]
+    seen: list[torch.Tensor] = []
+    handle = first.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().clone()))
+    try:
+        predict_table(model, table, batch_size=len(table), device="cpu", progress=False)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def test_statistics_are_those_of_the_lab_and_the_model_is_left_alone(
+    model_and_table: tuple[nn.Module, ImageTable],
+) -> None:
+    model, table = model_and_table
+    lab_b = table.where(table.frame["source"] == "lab_b")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # One batch holding every image: the estimate is then exactly the lab's statistics.
+    adapted = adapt_batchnorm(model, lab_b, batch_size=len(lab_b))
+    acts = _first_bn_input(model, lab_b)  # the layers before the first BN are not adapted
+    bn = batchnorm_layers(adapted)[0]
+    assert torch.allclose(bn.running_mean, acts.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, acts.var(dim=(0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
+    assert not adapted.training and all(not m.training for m in adapted.modules())
+    # weights identical, statistics moved, and the original model untouched
+    for key, value in adapted.state_dict().items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        assert torch.equal(value, before[key]), key
+    assert not torch.allclose(bn.running_mean, batchnorm_layers(model)[0].running_mean)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_each_source_is_predicted_by_its_own_adapted_copy(model_and_table: tuple[nn.Module, ImageTable]) -> None:
+    model, table = model_and_table
+    both = predict_adapted(model, table, batch_size=64)
+    assert both.shape == (len(table), 11) and np.allclose(both.sum(axis=1), 1.0, atol=1e-5)
+    for source in ("lab_a", "lab_b"):
+        mask = (table.frame["source"] == source).to_numpy()
+        alone = predict_adapted(model, table.where(mask), batch_size=64)
+        assert np.allclose(both[mask], alone, atol=1e-5), source
+    plain = predict_table(model, table, progress=False)
+    assert not np.allclose(both, plain, atol=1e-3)  # adaptation changed the predictions
+
+
+def test_models_without_batch_norm_are_refused(model_and_table: tuple[nn.Module, ImageTable]) -> None:
+    _, table = model_and_table
+    with pytest.raises(UserError, match="no batch-norm layers"):
+        adapt_batchnorm(nn.Sequential(nn.Flatten(), nn.LazyLinear(11)), table)
+
+
+def test_evaluate_adapt_bn_records_it(tiny_run: Path, synth_manifest: Path, tmp_path: Path) -> None:
+    metrics = run_evaluate(tiny_run / "best.ckpt", [synth_manifest], tmp_path, split="test", adapt_bn=True)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["adapt_bn"] is True and saved["n"] == metrics["n"] > 0
