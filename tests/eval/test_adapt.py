@@ -78,3 +78,33 @@ def test_evaluate_adapt_bn_records_it(tiny_run: Path, synth_manifest: Path, tmp_
     metrics = run_evaluate(tiny_run / "best.ckpt", [synth_manifest], tmp_path, split="test", adapt_bn=True)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["adapt_bn"] is True and saved["n"] == metrics["n"] > 0
+
+
+def test_rescore_script_agrees_with_the_library(tiny_run: Path, synth_manifest: Path) -> None:
+    """``benchmarks/rescore.py``: the four variants issue 4 reports, each as evaluate computes it."""
+    import importlib.util
+
+    from leukoshift.eval.metrics import score
+    from leukoshift.taxonomy import WBC5
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "rescore.py"
+    spec = importlib.util.spec_from_file_location("rescore", path)
+    assert spec is not None and spec.loader is not None
+    rescore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rescore)
+    out = rescore.rescore(tiny_run / "best.ckpt", [synth_manifest])
+    assert set(out) == {"plain", "within", "adabn", "adabn+within"}
+    model = load_classifier(tiny_run / "best.ckpt")
+    table = load_table([synth_manifest], image_config_of(model), split="all", labelled=True)
+    truth = list(table.frame["label"])
+    adapted = predict_adapted(model, table)
+    expected = {
+        "plain": score(predict_table(model, table, progress=False), truth, level="group"),
+        "within": score(predict_table(model, table, progress=False), truth, level="group", classes=WBC5),
+        "adabn": score(adapted, truth, level="group"),
+        "adabn+within": score(adapted, truth, level="group", classes=WBC5),
+    }
+    for variant, s in expected.items():
+        got = out[variant][synth_manifest.stem]
+        assert got["macro_f1"] == pytest.approx(s.macro_f1) and got["accuracy"] == pytest.approx(s.accuracy), variant
+    assert out["within"][synth_manifest.stem] != out["plain"][synth_manifest.stem]

@@ -1,0 +1,75 @@
+"""Fine-tuned checkpoints scored again on the external labs: as trained, within the labs'
+label set, with AdaBN, and with both.
+
+    python benchmarks/rescore.py runs/bench/ft_*/best.ckpt --json-out benchmarks/results/issue4/rescore.json
+
+Every external lab at the 5-type level, as `leukoshift finetune` scores them; "within"
+restricts predictions to NE, EO, BA, LY, MO (`evaluate --classes`), "adabn" re-estimates
+batch-norm statistics on each lab's own images (`evaluate --adapt-bn`). Prints one
+Markdown row per checkpoint and variant, macro-F1 (accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoshift.data.loaders import load_table
+from leukoshift.eval.adapt import predict_adapted
+from leukoshift.eval.evaluate import image_config_of, load_classifier, predict_table
+from leukoshift.eval.metrics import score
+from leukoshift.taxonomy import WBC5
+
+EXTERNAL = ("runs/data/cellavision.csv", "runs/data/bccd_crops.csv", "runs/data/bionet.csv")
+VARIANTS = ("plain", "within", "adabn", "adabn+within")
+
+
+def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict[str, float]]]:
+    """{variant: {lab: {macro_f1, accuracy}}} for one checkpoint."""
+    model = load_classifier(checkpoint)
+    out: dict[str, dict[str, dict[str, float]]] = {v: {} for v in VARIANTS}
+    for manifest in manifests:
+        table = load_table([manifest], image_config_of(model), split="all", labelled=True, progress=False)
+        truth = list(table.frame["label"])
+        probs: dict[str, np.ndarray] = {
+            "plain": predict_table(model, table, progress=False),
+            "adabn": predict_adapted(model, table),
+        }
+        for variant in VARIANTS:
+            base, _, within = variant.partition("+")
+            classes = WBC5 if variant == "within" or within else None
+            s = score(probs["plain" if base == "within" else base], truth, level="group", classes=classes)
+            out[variant][manifest.stem] = {"macro_f1": s.macro_f1, "accuracy": s.accuracy}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", type=Path, nargs="+")
+    parser.add_argument("--external", type=Path, action="append", default=None, help="manifest (repeatable)")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    manifests = args.external or [Path(m) for m in EXTERNAL]
+    results: dict[str, Any] = {}
+    print("| run | variant | " + " | ".join(m.stem for m in manifests) + " |")
+    print("|---|---|" + "---|" * len(manifests))
+    for ckpt in args.checkpoints:
+        name = ckpt.parent.name
+        results[name] = {"checkpoint": str(ckpt), **rescore(ckpt, manifests)}
+        for variant in VARIANTS:
+            cells = [
+                f"{results[name][variant][m.stem]['macro_f1']:.3f} ({results[name][variant][m.stem]['accuracy']:.3f})"
+                for m in manifests
+            ]
+            print(f"| {name} | {variant} | " + " | ".join(cells) + " |", flush=True)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
