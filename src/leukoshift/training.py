@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -231,9 +232,20 @@ def make_trainer(
     )
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: strict JSON readers (jq, browsers) reject Python's NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
+    path.write_text(json.dumps(_finite(data), indent=2, default=str))
     return path
 
 
