@@ -236,8 +236,9 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     rows += [(f"external {k} (label set)", v) for k, v in metrics.get("external_within", {}).items()]
     best = metrics.get("best_epoch")
     print(f"run folder: {out}" + (f" (best epoch {best})" if best is not None else ""))
+    width = max(len(name) for name, _ in rows)
     for name, m in rows:
         print(
-            f"  {name:<24} n={m['n']:<6} level={m['level']:<6} macro-F1 {m['macro_f1']:.3f}  "
+            f"  {name:<{width}} n={m['n']:<6} level={m['level']:<6} macro-F1 {m['macro_f1']:.3f}  "
             f"acc {m['accuracy']:.3f}  bal-acc {m['balanced_accuracy']:.3f}"
         )
