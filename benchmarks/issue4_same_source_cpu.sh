@@ -7,13 +7,10 @@
 # The control, the same with batch-wide negatives: NEG=batch NAME=ctrl bash <this script>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LS=.venv/bin/leukoshift
-OUT=${OUT:-runs/bench}
-RES=benchmarks/results/issue4
+source benchmarks/issue4_recipe.sh
 NEG=${NEG:-same_source}
 NAME=${NAME:-src}
 SSL=$OUT/simclr_$NAME/backbone.safetensors
-mkdir -p "$RES"
 
 # 8 epochs, a fresh schedule (warm-up, full learning rate) from the 20-epoch backbone; a
 # batch of 256 holds ~11 CellaVision and ~22 images of each other small lab at 0.5.
@@ -24,16 +21,6 @@ cp "$OUT/simclr_$NAME/monitor.json" "$RES/simclr_${NAME}_monitor.json"
 .venv/bin/python benchmarks/ssl_knn.py --backbone "$SSL" --external runs/data/cellavision.csv \
     --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${NAME}_knn_external.json"
 
-STAIN=(--set augment.stain.p=0.8 --set augment.stain.sigma=0.2 --set augment.stain.bias=0.05
-       --set augment.colour.p=0.8 --set augment.colour.saturation=0.3 --set augment.colour.hue=0.05)
-BLUR=(--set augment.colour.blur_p=0.5 --set 'augment.colour.blur_sigma=[0.1,2.2]')
-FT=($LS finetune -c configs/finetune_pbc_cpu.yaml --init "$SSL" --set trainer.progress=false
-    --set trainer.max_time=00:01:30:00 --set early_stopping_patience=15 "${STAIN[@]}" "${BLUR[@]}")
-finetune() {  # finetune SEED THREADS
-    OMP_NUM_THREADS=$2 "${FT[@]}" --out "$OUT/ft_${NAME}_blur_seed$1" --set trainer.seed="$1" \
-        > "$OUT/ft_${NAME}_blur_seed$1.log" 2>&1
-    cp "$OUT/ft_${NAME}_blur_seed$1/metrics.json" "$RES/ft_${NAME}_blur_seed$1.metrics.json"
-}
 # Two single-threaded runs side by side (two 2-thread jobs on 2 cores stall), then one.
-finetune 0 1 & finetune 1 1 & wait
-finetune 2 2
+finetune "ft_${NAME}_blur_seed0" 0 1 --init "$SSL" & finetune "ft_${NAME}_blur_seed1" 1 1 --init "$SSL" & wait
+finetune "ft_${NAME}_blur_seed2" 2 2 --init "$SSL"

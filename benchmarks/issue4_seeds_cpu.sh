@@ -8,16 +8,8 @@
 # Results: runs/bench/<run>/metrics.json, copied to benchmarks/results/issue4/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LS=.venv/bin/leukoshift
-OUT=${OUT:-runs/bench}
-RES=benchmarks/results/issue4
+source benchmarks/issue4_recipe.sh  # STAIN, BLUR, FT (its runs below add BLUR themselves)
 SSL=$OUT/simclr_all20/backbone.safetensors
-STAIN=(--set augment.stain.p=0.8 --set augment.stain.sigma=0.2 --set augment.stain.bias=0.05
-       --set augment.colour.p=0.8 --set augment.colour.saturation=0.3 --set augment.colour.hue=0.05)
-BLUR=(--set augment.colour.blur_p=0.5 --set 'augment.colour.blur_sigma=[0.1,2.2]')
-FT=($LS finetune -c configs/finetune_pbc_cpu.yaml --set trainer.progress=false
-    --set trainer.max_time=00:01:30:00 --set early_stopping_patience=15 "${STAIN[@]}")
-mkdir -p "$RES"
 
 # finetune_pair NAME_A ARGS_A... -- NAME_B ARGS_B...: two runs side by side, one thread each.
 finetune_pair() {

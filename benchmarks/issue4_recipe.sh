@@ -1,0 +1,25 @@
+# Sourced by the issue-4 scripts (not run on its own): the fine-tuning command every
+# issue-4 table compares, so that SSL and random-init rows differ in --init alone.
+# STAIN: HED stain + colour jitter; BLUR: the blur that makes PBC as soft as the softest
+# lab (`leukoshift data appearance`: 2.2 px at 224, 0.6 px at 64); 15 epochs, early
+# stopping off. Expects to be sourced from the repository root.
+LS=.venv/bin/leukoshift
+OUT=${OUT:-runs/bench}
+RES=benchmarks/results/issue4
+mkdir -p "$RES"
+STAIN=(--set augment.stain.p=0.8 --set augment.stain.sigma=0.2 --set augment.stain.bias=0.05
+       --set augment.colour.p=0.8 --set augment.colour.saturation=0.3 --set augment.colour.hue=0.05)
+BLUR=(--set augment.colour.blur_p=0.5 --set 'augment.colour.blur_sigma=[0.1,2.2]')
+FT=($LS finetune -c configs/finetune_pbc_cpu.yaml --set trainer.progress=false
+    --set trainer.max_time=00:01:30:00 --set early_stopping_patience=15 "${STAIN[@]}")
+
+# finetune RUN SEED THREADS [ARGS...]: one "stain + blur" fine-tune into $OUT/RUN with
+# OMP_NUM_THREADS=THREADS (two 2-thread jobs on 2 cores stall: run pairs on 1 each), its
+# metrics.json kept as $RES/RUN.metrics.json.
+finetune() {
+    local run=$1 seed=$2 threads=$3
+    shift 3
+    OMP_NUM_THREADS=$threads "${FT[@]}" "${BLUR[@]}" "$@" --out "$OUT/$run" --set trainer.seed="$seed" \
+        > "$OUT/$run.log" 2>&1
+    cp "$OUT/$run/metrics.json" "$RES/$run.metrics.json"
+}
