@@ -25,7 +25,13 @@ from leukoshift.eval.metrics import score
 from leukoshift.taxonomy import WBC5
 
 EXTERNAL = ("runs/data/cellavision.csv", "runs/data/bccd_crops.csv", "runs/data/bionet.csv")
-VARIANTS = ("plain", "within", "adabn", "adabn+within")
+#: variant -> (which predictions, label set they are restricted to)
+VARIANTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "plain": ("plain", None),
+    "within": ("plain", WBC5),
+    "adabn": ("adabn", None),
+    "adabn+within": ("adabn", WBC5),
+}
 
 
 def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict[str, float]]]:
@@ -39,10 +45,8 @@ def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict
             "plain": predict_table(model, table, progress=False),
             "adabn": predict_adapted(model, table),
         }
-        for variant in VARIANTS:
-            base, _, within = variant.partition("+")
-            classes = WBC5 if variant == "within" or within else None
-            s = score(probs["plain" if base == "within" else base], truth, level="group", classes=classes)
+        for variant, (which, classes) in VARIANTS.items():
+            s = score(probs[which], truth, level="group", classes=classes)
             out[variant][manifest.stem] = {"macro_f1": s.macro_f1, "accuracy": s.accuracy}
     return out
 

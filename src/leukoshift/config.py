@@ -89,11 +89,9 @@ class DataConfig(Strict):
     @field_validator("external_classes")
     @classmethod
     def _known_codes(cls, v: list[str]) -> list[str]:
-        from leukoshift.taxonomy import LABEL_CODES
+        from leukoshift.taxonomy import validate_codes
 
-        bad = [c for c in v if c not in LABEL_CODES]
-        if bad:
-            raise ValueError(f"unknown label code(s) {', '.join(bad)}; valid: {', '.join(LABEL_CODES)}")
+        validate_codes(v)  # a LabelError is a ValueError: pydantic reports it on the field
         return v
 
 

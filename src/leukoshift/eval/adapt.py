@@ -24,6 +24,7 @@ from torch import nn
 from leukoshift.data.loaders import ImageTable
 from leukoshift.errors import UserError
 from leukoshift.eval.embed import embed_table
+from leukoshift.taxonomy import FINE_CLASSES
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -55,7 +56,7 @@ def predict_adapted(
     model: nn.Module, table: ImageTable, batch_size: int = 256, device: str = "cpu", progress: bool = False
 ) -> np.ndarray:
     """(N, 11) probabilities, each source's rows predicted by a copy adapted to that source."""
-    probs = np.zeros((len(table), 0), dtype=np.float32)
+    probs = np.zeros((len(table), len(FINE_CLASSES)), dtype=np.float32)
     sources = table.frame["source"].to_numpy()
     for source in dict.fromkeys(sources):
         rows = np.flatnonzero(sources == source)
@@ -64,7 +65,5 @@ def predict_adapted(
         out = embed_table(
             lambda x, m=adapted: m(x).float().softmax(1), part, batch_size=batch_size, device=device, progress=progress
         )
-        if probs.shape[1] == 0:
-            probs = np.zeros((len(table), out.shape[1]), dtype=np.float32)
         probs[rows] = out
     return probs

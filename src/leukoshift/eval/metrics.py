@@ -68,9 +68,10 @@ from leukoshift.taxonomy import (
     FINE_CLASSES,
     GROUP_OF,
     GROUPS,
+    LABEL_INDEX,
     group_of,
     group_probs,
-    members,
+    label_mask,
     validate_codes,
 )
 
@@ -167,10 +168,7 @@ def restrict_to(fine_probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     if not codes:
         raise ScoringError("classes: give at least one label code")
     validate_codes(codes)
-    allowed = np.zeros(len(FINE_CLASSES), dtype=bool)
-    for code in codes:
-        for member in members(code):
-            allowed[FINE_CLASSES.index(member)] = True
+    allowed = label_mask(bool)[[LABEL_INDEX[c] for c in codes]].any(axis=0)
     probs = _check_probs(fine_probs) * allowed
     total = probs.sum(axis=1, keepdims=True)
     uniform = np.broadcast_to(allowed / allowed.sum(), probs.shape)
