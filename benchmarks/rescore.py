@@ -51,10 +51,22 @@ def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict
     return out
 
 
+def score_test(checkpoint: Path, manifest: Path) -> dict[str, float]:
+    """The checkpoint on the test split of its own lab, at each row's finest level, as
+    `leukoshift finetune` scores "test"."""
+    model = load_classifier(checkpoint)
+    table = load_table([manifest], image_config_of(model), split="test", labelled=True, progress=False)
+    s = score(predict_table(model, table, progress=False), list(table.frame["label"]), level="auto")
+    return {"macro_f1": s.macro_f1, "accuracy": s.accuracy}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", type=Path, nargs="+")
     parser.add_argument("--external", type=Path, action="append", default=None, help="manifest (repeatable)")
+    parser.add_argument(
+        "--test", type=Path, default=None, help="also score the test split of this manifest (e.g. runs/data/pbc.csv)"
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     manifests = args.external or [Path(m) for m in EXTERNAL]
@@ -62,8 +74,12 @@ def main() -> None:
     print("| run | variant | " + " | ".join(m.stem for m in manifests) + " |")
     print("|---|---|" + "---|" * len(manifests))
     for ckpt in args.checkpoints:
-        name = ckpt.parent.name
+        # best.ckpt is named by its run; other checkpoints of a run (wise0.5.ckpt) by run/stem
+        name = ckpt.parent.name if ckpt.stem == "best" else f"{ckpt.parent.name}/{ckpt.stem}"
         results[name] = {"checkpoint": str(ckpt), **rescore(ckpt, manifests)}
+        if args.test:
+            results[name]["test"] = test = score_test(ckpt, args.test)
+            print(f"| {name} | {args.test.stem} test | {test['macro_f1']:.3f} ({test['accuracy']:.3f}) |", flush=True)
         for variant in VARIANTS:
             cells = [
                 f"{results[name][variant][m.stem]['macro_f1']:.3f} ({results[name][variant][m.stem]['accuracy']:.3f})"

@@ -29,6 +29,7 @@ GROUPS = (
     "benchmark",
     "diagnose",
     "explain",
+    "wise",
     "app",
     "demo",
 )

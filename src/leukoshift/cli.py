@@ -297,6 +297,19 @@ def finetune(
     run_finetune(cfg, resume=resume, force=force)
 
 
+@app.command()
+def wise(
+    run: Annotated[Path, typer.Argument(help="fine-tuning run folder with warmup.ckpt and best.ckpt")],
+    alpha: Annotated[float, typer.Option(help="weight of the fine-tuned model: 0 the linear probe, 1 best.ckpt")] = 0.5,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="checkpoint to write [RUN/wise<alpha>.ckpt]")] = None,
+) -> None:
+    """Interpolate a run's fine-tuned weights with its head warm-up's (WiSE-FT) into a checkpoint."""
+    from leukoshift.finetune.wise import wise_from_run
+
+    path = wise_from_run(run, alpha, out)
+    console.print(f"wrote {path}; score it with: leukoshift evaluate --checkpoint {path} -m MANIFEST -o DIR")
+
+
 @ssl_app.command("pretrain")
 def ssl_pretrain(
     config: ConfigOpt = None,

@@ -274,6 +274,16 @@ class FinetuneConfig(Strict):
         "from a fitted head rather than a random one, which distorts pretrained features less; "
         "meant for --init weights (e.g. 3 of 15 epochs); 0 (off) for random init",
     )
+    wise_alpha: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="after training, also write wise.ckpt: the weights (1 - a) * (end of the head "
+        "warm-up) + a * (best fine-tuned), batch-norm statistics re-estimated on training images "
+        "(WiSE-FT, Wortsman et al. 2022), and score it beside best.ckpt (metrics.json 'wise'); "
+        "0.5 is the paper's default; needs head_warmup_epochs; `leukoshift wise RUN` does the "
+        "same for a finished run",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -290,6 +300,8 @@ class FinetuneConfig(Strict):
                 f"head_warmup_epochs ({self.head_warmup_epochs}) must be below trainer.max_epochs "
                 f"({self.trainer.max_epochs}): the backbone would never be fine-tuned"
             )
+        if self.wise_alpha is not None and not self.head_warmup_epochs:
+            raise ValueError("wise_alpha: interpolates with the end of the head warm-up; set head_warmup_epochs too")
         return self
 
 

@@ -108,3 +108,8 @@ def test_rescore_script_agrees_with_the_library(tiny_run: Path, synth_manifest: 
         got = out[variant][synth_manifest.stem]
         assert got["macro_f1"] == pytest.approx(s.macro_f1) and got["accuracy"] == pytest.approx(s.accuracy), variant
     assert out["within"][synth_manifest.stem] != out["plain"][synth_manifest.stem]
+    test = load_table([synth_manifest], image_config_of(model), split="test", labelled=True)
+    expected_test = score(predict_table(model, test, progress=False), list(test.frame["label"]), level="auto")
+    assert rescore.score_test(tiny_run / "best.ckpt", synth_manifest) == pytest.approx(
+        {"macro_f1": expected_test.macro_f1, "accuracy": expected_test.accuracy}
+    )

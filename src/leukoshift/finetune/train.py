@@ -1,6 +1,7 @@
 """``leukoshift finetune``: train the classifier, pick the best epoch, score it, export it.
 
-A run folder ends with ``config.yaml`` (resolved), ``best.ckpt`` and ``last.ckpt``,
+A run folder ends with ``config.yaml`` (resolved), ``best.ckpt`` and ``last.ckpt``
+(and ``warmup.ckpt``, the model as a head warm-up left it, when there was one),
 ``logs/metrics.csv`` (per epoch), ``backbone.safetensors`` + card, and ``metrics.json``
 for the best checkpoint on the validation and test splits and every external manifest.
 A finished run is skipped when started again with the same config unless ``force``.
@@ -108,6 +109,19 @@ def trainer_config(cfg: FinetuneConfig) -> TrainerConfig:
     return t
 
 
+class SaveWarmupEnd(pl.Callback):
+    """Writes ``warmup.ckpt`` when the head warm-up (``head_warmup_epochs``) ends: the
+    linear-probe end point of LP-FT, which weight-space ensembling (``finetune.wise``)
+    interpolates with the fine-tuned model."""
+
+    def __init__(self, path: Path, epochs: int) -> None:
+        self.path, self.epochs = path, epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epochs - 1:
+            trainer.save_checkpoint(self.path)
+
+
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
     check_config(cfg)
     out = Path(cfg.out) if cfg.out is not None else default_run_dir("finetune", cfg.model.backbone)
@@ -136,8 +150,11 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
         dirpath=out, filename="best", monitor="val/macro_f1", mode="max", save_last=True, enable_version_counter=False
     )
     stopper = EarlyStopping(monitor="val/macro_f1", mode="max", patience=cfg.early_stopping_patience)
+    callbacks: list[pl.Callback] = [checkpoint, stopper]
+    if cfg.head_warmup_epochs:
+        callbacks.append(SaveWarmupEnd(out / "warmup.ckpt", cfg.head_warmup_epochs))
     resume_from = resume_checkpoint(out, resume)
-    trainer = make_trainer(trainer_config(cfg), out, [checkpoint, stopper], resume_from=resume_from)
+    trainer = make_trainer(trainer_config(cfg), out, callbacks, resume_from=resume_from)
     if cfg.trainer.compile:
         module.encoder = torch.compile(module.encoder)  # type: ignore[assignment]
     started = time.time()
@@ -148,6 +165,8 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
     best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
     metrics = score_run(best, tables)
     export_classifier(best, out, cfg, tables.train)
+    if cfg.wise_alpha is not None:
+        metrics["wise"] = wise_run(cfg, out, best_path, tables)
     metrics.update(
         best_checkpoint=str(best_path),
         best_epoch=_epoch_of(best_path),
@@ -159,6 +178,29 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
     write_json(done, metrics)
     _print_summary(out, metrics)
     return out
+
+
+def wise_run(cfg: FinetuneConfig, out: Path, best_path: Path, tables: FinetuneTables) -> dict[str, Any]:
+    """``wise.ckpt`` (``finetune.wise``) written and scored as ``best.ckpt`` is."""
+    from leukoshift.eval.evaluate import default_device
+    from leukoshift.finetune.wise import bn_sample, save_wise, wise_model
+
+    assert cfg.wise_alpha is not None
+    warmup = out / "warmup.ckpt"
+    if not warmup.is_file():
+        raise UserError(
+            f"{warmup}: missing (a run resumed from before its head warm-up ended?); cannot build wise.ckpt"
+        )
+    model = wise_model(
+        warmup, best_path, cfg.wise_alpha, bn_sample(tables.train, seed=cfg.trainer.seed), device=default_device()
+    )
+    path = save_wise(
+        model,
+        best_path,
+        out / "wise.ckpt",
+        {"alpha": cfg.wise_alpha, "warmup": str(warmup), "finetuned": str(best_path)},
+    )
+    return {"alpha": cfg.wise_alpha, "checkpoint": str(path), **score_run(model, tables)}
 
 
 def _epoch_of(path: Path) -> int | None:
@@ -234,6 +276,12 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
         rows.append(("test", metrics["test"]))
     rows += [(f"external {k}", v) for k, v in metrics["external"].items()]
     rows += [(f"external {k} (label set)", v) for k, v in metrics.get("external_within", {}).items()]
+    if "wise" in metrics:
+        wise = metrics["wise"]
+        a = wise["alpha"]
+        rows += [(f"WiSE {a:g}: {name}", wise[name]) for name in ("val", "test") if name in wise]
+        rows += [(f"WiSE {a:g}: external {k}", v) for k, v in wise["external"].items()]
+        rows += [(f"WiSE {a:g}: external {k} (label set)", v) for k, v in wise.get("external_within", {}).items()]
     best = metrics.get("best_epoch")
     print(f"run folder: {out}" + (f" (best epoch {best})" if best is not None else ""))
     width = max(len(name) for name, _ in rows)
