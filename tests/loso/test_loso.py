@@ -136,3 +136,58 @@ def test_tiny_benchmark_runs_resumes_and_reports(
     incomplete = [t for t in loso.tasks if not loso.is_complete(t)]
     assert {t.method for t in incomplete} == {"logreg"} and len(incomplete) == 2
     assert np.isfinite(results["gap_macro_f1"]).all()
+
+
+def test_test_time_fixes_rescore_a_finished_benchmark(
+    synth_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``test_time: [label_set, adabn]`` added to a finished benchmark: the networks' held-out
+    predictions are scored again (no retraining) as methods of their own."""
+    from leukoshift.data.loaders import load_table
+    from leukoshift.eval.adapt import predict_adapted
+    from leukoshift.eval.evaluate import load_classifier
+    from leukoshift.eval.metrics import score
+
+    # lab_b labels white cells only (6 of the 11 codes): its label set is a real restriction.
+    frame = pd.read_csv(synth_manifest, dtype=str, keep_default_na=False)
+    frame["path"] = [str(synth_manifest.parent / p) for p in frame["path"]]
+    white = {"SNE", "BNE", "EO", "BA", "LY", "MO"}
+    frame = frame[(frame["source"] == "lab_a") | frame["label"].isin(white)]
+    manifest = tmp_path / "white_b.csv"
+    frame.to_csv(manifest, index=False)
+    methods = {"supervised": {"kind": "finetune"}, "logreg": {"kind": "logreg", "pixel_side": 8}}
+    cfg = _cfg(manifest, tmp_path / "loso", methods, held_out=["lab_b"])
+    out = run_loso(cfg, progress=False)
+    assert set(pd.read_csv(out / "results.csv")["method"]) == {"supervised", "logreg"}
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rescoring must not train")
+
+    monkeypatch.setattr(Loso, "_train", no_training)
+    fixed = cfg.model_copy(update={"test_time": ["label_set", "adabn"]})
+    run_loso(fixed, progress=False)
+    results = pd.read_csv(out / "results.csv").set_index("method")
+    variants = ["supervised +label_set", "supervised +adabn", "supervised +adabn+label_set"]
+    assert set(results.index) == {"supervised", "logreg", *variants}  # baselines have nothing to adapt
+    # in-domain is the rescored model's own
+    assert (
+        results.loc[variants, "in_domain_macro_f1_mean"] == results.loc["supervised", "in_domain_macro_f1_mean"]
+    ).all()
+
+    run_dir = out / "runs" / "lab_b" / "supervised" / "seed0"
+    saved = json.loads((run_dir / "result.json").read_text())["variants"]
+    truth = list(pd.read_csv(run_dir / "held_out_rows.csv", dtype=str)["label"])
+    assert saved["label_set"]["classes"] == sorted(white)
+    expected = score(np.load(run_dir / "held_out_probs.npy"), truth, level="fine", classes=sorted(white))
+    assert saved["label_set"]["macro_f1"] == pytest.approx(expected.macro_f1)
+    assert set(saved["label_set"]["confusion"]["predicted"]) <= white
+    model = load_classifier(run_dir / "best.ckpt")
+    table = load_table([manifest], model.cfg.data.image, split="all", sources=["lab_b"], labelled=True)
+    adapted = score(predict_adapted(model, table), list(table.frame["label"]), level="fine")
+    assert saved["adabn"]["macro_f1"] == pytest.approx(adapted.macro_f1)
+    assert saved["adabn"]["accuracy"] == pytest.approx(adapted.accuracy)
+    assert "+adabn" in (out / "report.html").read_text()
+
+    # Once rescored, a rerun does neither.
+    monkeypatch.setattr(Loso, "_score_variants", no_training)
+    run_loso(fixed, progress=False)

@@ -46,10 +46,12 @@ from leukoshift.config import (
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.data.manifest import read_manifests
 from leukoshift.errors import UserError
+from leukoshift.eval.metrics import ScoreLevel
 from leukoshift.taxonomy import group_of, is_fine
 from leukoshift.training import config_hash, derived_seed, write_json
 
 MethodKind = Literal["finetune", "ssl", "logreg", "svm"]
+TestTime = Literal["label_set", "adabn"]
 
 
 class LosoMethod(Strict):
@@ -84,6 +86,14 @@ class LosoConfig(Strict):
     finetune: dict[str, Any] = Field(default_factory=dict, description="base fine-tuning config for every method")
     pretrain: dict[str, Any] = Field(default_factory=dict, description="base pretraining config for ssl methods")
     methods: dict[str, LosoMethod] = Field(default_factory=lambda: {"supervised": LosoMethod()})
+    test_time: list[TestTime] = Field(
+        default_factory=list,
+        description="also score every network's held-out predictions with test-time fixes, reported as "
+        "extra methods '<method> +<fix>': label_set restricts predictions to the codes the held-out "
+        "lab's rows carry (`evaluate --classes`), adabn re-estimates batch-norm statistics on its "
+        "images (`evaluate --adapt-bn`; CNNs with batch norm), both gives '+adabn+label_set' too; "
+        "adding one to a finished benchmark rescores it without retraining",
+    )
     diagnose_points: int = Field(3000, ge=0, description="rows for the report's UMAP and lab-mixing (0: skip)")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     out: Path = Path("runs/loso")
@@ -245,10 +255,14 @@ class Loso:
         return config_hash(parts)
 
     def run_task(self, task: Task, progress: bool = False) -> dict[str, Any]:
-        if self.is_complete(task):
-            return json.loads((self.task_dir(task) / "result.json").read_text())
-        method = self.cfg.methods[task.method]
         folder = self.task_dir(task)
+        if self.is_complete(task):
+            result = self.result(task)
+            if self.missing_variants(task, result):
+                result["variants"] = self._score_variants(task, self.finetune_config(task))
+                write_json(folder / "result.json", result)
+            return result
+        method = self.cfg.methods[task.method]
         folder.mkdir(parents=True, exist_ok=True)
         ft_cfg = self.finetune_config(task)
         if method.kind == "ssl":
@@ -261,8 +275,29 @@ class Loso:
             config_hash=self.task_hash(task),
             task=task.key,
         )
+        if self.cfg.test_time and method.kind in ("finetune", "ssl"):
+            result["variants"] = self._score_variants(task, ft_cfg)
         write_json(folder / "result.json", result)
         return result
+
+    def result(self, task: Task) -> dict[str, Any]:
+        return json.loads((self.task_dir(task) / "result.json").read_text())
+
+    def variant_names(self) -> list[str]:
+        """The test-time variants ``test_time`` asks for, e.g. ``["adabn", "label_set", "adabn+label_set"]``."""
+        asked = dict.fromkeys(self.cfg.test_time)
+        names = list(asked)
+        if len(asked) == 2:
+            names.append("adabn+label_set")
+        return names
+
+    def missing_variants(self, task: Task, result: dict[str, Any]) -> bool:
+        """A complete network task whose result lacks a variant asked for since (or an
+        adabn skip recorded for a model without batch norm, which is not missing)."""
+        if self.cfg.methods[task.method].kind not in ("finetune", "ssl"):
+            return False
+        have = result.get("variants", {})
+        return any(v not in have for v in self.variant_names())
 
     def _pretrain(self, task: Task, progress: bool) -> Path:
         from leukoshift.pretrain.train import run_pretrain
@@ -303,11 +338,9 @@ class Loso:
         baseline = Baseline(joblib.load(folder / "model.joblib"), features)
         return baseline.predict_proba, json.loads((folder / "metrics.json").read_text())
 
-    def _score_held_out(
-        self, task: Task, ft_cfg: FinetuneConfig, predict: Callable[[ImageTable], np.ndarray]
-    ) -> dict[str, Any]:
-        from leukoshift.eval.metrics import score
-
+    def _held_out_table(self, task: Task, ft_cfg: FinetuneConfig) -> tuple[ImageTable, ScoreLevel, dict[str, int]]:
+        """The held-out lab's rows that can be scored, the level they are scored at, and
+        the rows left out (by code)."""
         train_codes = set(
             self.frame.loc[(self.frame["source"] != task.held_out) & (self.frame["label"] != ""), "label"]
         )
@@ -317,7 +350,40 @@ class Loso:
         level, keep, excluded = shared_level(list(table.frame["label"]), train_codes)
         if not keep.any():
             raise UserError(f"held-out source {task.held_out}: none of its classes occurs in the other sources")
-        kept = table.where(keep)
+        return table.where(keep), level, excluded
+
+    def _score_variants(self, task: Task, ft_cfg: FinetuneConfig) -> dict[str, Any]:
+        """{variant: scores} of the task's best.ckpt on its held-out lab, per ``test_time``;
+        adabn on a model without batch norm is recorded as ``{"skipped": why}``."""
+        from leukoshift.eval.adapt import batchnorm_layers, predict_adapted
+        from leukoshift.eval.evaluate import load_classifier, predict_table
+        from leukoshift.eval.metrics import score
+
+        kept, level, _ = self._held_out_table(task, ft_cfg)
+        truth = list(kept.frame["label"])
+        label_set = sorted(set(truth))
+        model = load_classifier(self.task_dir(task) / "best.ckpt")
+        out: dict[str, Any] = {}
+        adapted: np.ndarray | None = None
+        for name in self.variant_names():
+            if "adabn" in name:
+                if not batchnorm_layers(model):
+                    out[name] = {"skipped": "the model has no batch-norm layers"}
+                    continue
+                adapted = predict_adapted(model, kept) if adapted is None else adapted
+                probs = adapted
+            else:
+                probs = predict_table(model, kept, progress=False)
+            classes = label_set if "label_set" in name else None
+            out[name] = {**score(probs, truth, level=level, classes=classes).to_dict(), "classes": classes}
+        return out
+
+    def _score_held_out(
+        self, task: Task, ft_cfg: FinetuneConfig, predict: Callable[[ImageTable], np.ndarray]
+    ) -> dict[str, Any]:
+        from leukoshift.eval.metrics import score
+
+        kept, level, excluded = self._held_out_table(task, ft_cfg)
         probs = predict(kept)
         scores = score(probs, list(kept.frame["label"]), level=level)
         np.save(self.task_dir(task) / "held_out_probs.npy", probs)
@@ -396,6 +462,9 @@ def run_loso(
     loso.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, loso.out / "config.yaml")
     todo = [t for t in loso.tasks if not loso.is_complete(t)]
+    if loso.cfg.test_time and not report_only:
+        # complete, but without a test-time score asked for since: rescored, not retrained
+        todo += [t for t in loso.tasks if t not in todo and loso.missing_variants(t, loso.result(t))]
     n_methods = len({t.method for t in loso.tasks})
     print(
         f"{len(loso.tasks)} runs ({len(loso.held_out)} held-out sources x {n_methods} methods x "
@@ -413,7 +482,7 @@ def run_loso(
         for task in progress_iter(todo, total=len(todo), label="loso", enabled=progress):
             print(f"--- {task.key}")
             loso.run_task(task)
-    results = [json.loads((loso.task_dir(t) / "result.json").read_text()) for t in loso.tasks]
+    results = [loso.result(t) for t in loso.tasks]
     tables = aggregate(results)
     tables.runs.to_csv(loso.out / "runs.csv", index=False)
     tables.summary.to_csv(loso.out / "results.csv", index=False)
@@ -479,21 +548,27 @@ METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
 
 
 def aggregate(results: list[dict[str, Any]]) -> LosoTables:
+    """Runs and per-(held-out, method) summaries; a result's test-time variants become
+    methods of their own ('supervised +adabn'), with the in-domain score of the model
+    they rescore (test-time fixes change nothing in the training lab)."""
     rows = []
     for r in results:
-        s, ind = r["scores"], r.get("in_domain") or {}
-        rows.append(
-            {
-                "held_out": r["held_out"],
-                "method": r["method"],
-                "seed": r["seed"],
-                "level": r["level"],
-                "n": s["n"],
-                "n_excluded": sum(r.get("n_excluded", {}).values()),
-                **{m: s[m] for m in METRICS},
-                **{f"in_domain_{m}": ind.get(m, np.nan) for m in METRICS},
-            }
-        )
+        ind = r.get("in_domain") or {}
+        scored = [(r["method"], r["scores"])]
+        scored += [(f"{r['method']} +{v}", s) for v, s in r.get("variants", {}).items() if "skipped" not in s]
+        for method, s in scored:
+            rows.append(
+                {
+                    "held_out": r["held_out"],
+                    "method": method,
+                    "seed": r["seed"],
+                    "level": r["level"],
+                    "n": s["n"],
+                    "n_excluded": sum(r.get("n_excluded", {}).values()),
+                    **{m: s[m] for m in METRICS},
+                    **{f"in_domain_{m}": ind.get(m, np.nan) for m in METRICS},
+                }
+            )
     runs = pd.DataFrame(rows)
     agg: dict[str, Any] = {
         "level": ("level", "first"),

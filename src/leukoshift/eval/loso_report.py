@@ -45,6 +45,12 @@ def write_loso_report(loso: Loso, results: list[dict[str, Any]], tables: LosoTab
         f"**Protocol:** {protocol}. Seeds: {', '.join(map(str, cfg.seeds))}. "
         f"Image: {cfg.image.size} px, framing `{cfg.image.preprocess}`."
     ]
+    if cfg.test_time:
+        lines.append(
+            "Methods named `+label_set` are the same models with predictions restricted to the codes the "
+            "held-out lab's rows carry; `+adabn`, with batch-norm statistics re-estimated on the held-out "
+            "lab's images (labels unused). Neither retrains anything."
+        )
     lines += [
         f"- held out **{h}**: best **{best[h]}** (macro-F1 {pivot.loc[best[h], h]:.3f})"
         for h in pivot.columns
