@@ -286,7 +286,7 @@ class Loso:
     def variant_names(self) -> list[str]:
         """The test-time variants ``test_time`` asks for, e.g. ``["adabn", "label_set", "adabn+label_set"]``."""
         asked = dict.fromkeys(self.cfg.test_time)
-        names = list(asked)
+        names: list[str] = list(asked)
         if len(asked) == 2:
             names.append("adabn+label_set")
         return names
