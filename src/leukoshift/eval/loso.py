@@ -356,10 +356,12 @@ class Loso:
         """{variant: scores} of the task's best.ckpt on its held-out lab, per ``test_time``;
         adabn on a model without batch norm is recorded as ``{"skipped": why}``."""
         from leukoshift.eval.adapt import batchnorm_layers, predict_adapted
-        from leukoshift.eval.evaluate import load_classifier, predict_table
+        from leukoshift.eval.evaluate import load_classifier
         from leukoshift.eval.metrics import score
 
         kept, level, _ = self._held_out_table(task, ft_cfg)
+        # the plain predictions of these rows, saved when the task was scored
+        plain = np.load(self.task_dir(task) / "held_out_probs.npy")
         truth = list(kept.frame["label"])
         label_set = sorted(set(truth))
         model = load_classifier(self.task_dir(task) / "best.ckpt")
@@ -373,7 +375,7 @@ class Loso:
                 adapted = predict_adapted(model, kept) if adapted is None else adapted
                 probs = adapted
             else:
-                probs = predict_table(model, kept, progress=False)
+                probs = plain
             classes = label_set if "label_set" in name else None
             out[name] = {**score(probs, truth, level=level, classes=classes).to_dict(), "classes": classes}
         return out

@@ -183,7 +183,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
 def wise_run(cfg: FinetuneConfig, out: Path, best_path: Path, tables: FinetuneTables) -> dict[str, Any]:
     """``wise.ckpt`` (``finetune.wise``) written and scored as ``best.ckpt`` is."""
     from leukoshift.eval.evaluate import default_device
-    from leukoshift.finetune.wise import bn_sample, save_wise, wise_model
+    from leukoshift.finetune.wise import write_wise
 
     assert cfg.wise_alpha is not None
     warmup = out / "warmup.ckpt"
@@ -191,14 +191,8 @@ def wise_run(cfg: FinetuneConfig, out: Path, best_path: Path, tables: FinetuneTa
         raise UserError(
             f"{warmup}: missing (a run resumed from before its head warm-up ended?); cannot build wise.ckpt"
         )
-    model = wise_model(
-        warmup, best_path, cfg.wise_alpha, bn_sample(tables.train, seed=cfg.trainer.seed), device=default_device()
-    )
-    path = save_wise(
-        model,
-        best_path,
-        out / "wise.ckpt",
-        {"alpha": cfg.wise_alpha, "warmup": str(warmup), "finetuned": str(best_path)},
+    model, path = write_wise(
+        warmup, best_path, cfg.wise_alpha, tables.train, out / "wise.ckpt", cfg.trainer.seed, default_device()
     )
     return {"alpha": cfg.wise_alpha, "checkpoint": str(path), **score_run(model, tables)}
 

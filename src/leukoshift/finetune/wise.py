@@ -95,6 +95,16 @@ def save_wise(model: Any, finetuned: Path, out: Path, meta: dict[str, Any]) -> P
     return out
 
 
+def write_wise(
+    warmup: Path, finetuned: Path, alpha: float, train: ImageTable, out: Path, seed: int = 0, device: str = "cpu"
+) -> tuple[Any, Path]:
+    """The interpolated model, batch-norm statistics from up to ``BN_IMAGES`` rows of
+    ``train``, and the checkpoint it was saved to."""
+    model = wise_model(warmup, finetuned, alpha, bn_sample(train, seed=seed), device=device)
+    meta = {"alpha": alpha, "warmup": str(warmup), "finetuned": str(finetuned)}
+    return model, save_wise(model, finetuned, out, meta)
+
+
 def wise_from_run(run: Path, alpha: float, out: Path | None = None, progress: bool = True) -> Path:
     """``leukoshift wise RUN``: ``warmup.ckpt`` and ``best.ckpt`` of a fine-tuning run folder
     interpolated, batch-norm statistics estimated on the run's own training split."""
@@ -109,6 +119,4 @@ def wise_from_run(run: Path, alpha: float, out: Path | None = None, progress: bo
     train = load_table(
         d.manifests, d.image, split=d.train_split, exclude_sources=d.exclude_sources, labelled=True, progress=progress
     )
-    model = wise_model(warmup, best, alpha, bn_sample(train, seed=cfg.trainer.seed))
-    out = out or run / f"wise{alpha:g}.ckpt"
-    return save_wise(model, best, out, {"alpha": alpha, "warmup": str(warmup), "finetuned": str(best)})
+    return write_wise(warmup, best, alpha, train, out or run / f"wise{alpha:g}.ckpt", seed=cfg.trainer.seed)[1]
