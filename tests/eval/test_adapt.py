@@ -113,3 +113,33 @@ def test_rescore_script_agrees_with_the_library(tiny_run: Path, synth_manifest: 
     assert rescore.score_test(tiny_run / "best.ckpt", synth_manifest) == pytest.approx(
         {"macro_f1": expected_test.macro_f1, "accuracy": expected_test.accuracy}
     )
+
+
+def test_class_recall_script_reports_the_librarys_per_type_recall(
+    tiny_run: Path, synth_manifest: Path, tmp_path: Path
+) -> None:
+    """``benchmarks/class_recall.py``: recall per white-cell type within the label set, per
+    run and folded over seeds (two copies of one run named as two seeds fold to its values)."""
+    import shutil
+
+    from leukoshift.eval.metrics import score
+    from leukoshift.taxonomy import WBC5
+    from tests.pretrain.test_throughput_paths import load_benchmark
+
+    class_recall = load_benchmark("class_recall")
+    model = load_classifier(tiny_run / "best.ckpt")
+    table = load_table([synth_manifest], image_config_of(model), split="all", labelled=True)
+    s = score(predict_table(model, table, progress=False), list(table.frame["label"]), level="group", classes=WBC5)
+    expected = {str(code): float(row["recall"]) for code, row in s.per_class.iterrows()}
+    assert set(WBC5) <= set(expected)  # the synthetic labs carry every type, white cells included
+    for seed in (0, 1):
+        shutil.copytree(tiny_run, tmp_path / f"ft_x_seed{seed}")
+    out = tmp_path / "recall.json"
+    argv = [str(tmp_path / f"ft_x_seed{seed}" / "best.ckpt") for seed in (0, 1)]
+    assert class_recall.main([*argv, "--external", str(synth_manifest), "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"ft_x_seed0", "ft_x_seed1"}
+    assert result["runs"]["ft_x_seed0"][synth_manifest.stem] == pytest.approx(expected)
+    assert result["mean"]["ft_x"][synth_manifest.stem] == pytest.approx(expected)
+    with pytest.raises(SystemExit):
+        class_recall.main([str(tmp_path / "missing.ckpt"), "--external", str(synth_manifest)])
