@@ -7,7 +7,7 @@
 # ignore (Xiao et al. 2021, "What should not be contrastive"). Here: no grayscale, hue 0.02,
 # saturation 0.1; the lab-stain (HED) jitter stays. Then the LP-FT + WiSE fine-tunes
 # (random-init comparison: benchmarks/issue4_srcbal_seeds_cpu.sh). A finished pretraining is
-# not rerun. Results: benchmarks/results/issue4/.
+# not rerun; an interrupted one resumes from its last.ckpt. Results: benchmarks/results/issue4/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/issue4_recipe.sh
@@ -16,7 +16,9 @@ SSL=$OUT/simclr_$NAME/backbone.safetensors
 W=(--set head_warmup_epochs=3)
 
 if [ ! -f "$SSL" ]; then
-    $LS ssl pretrain -c configs/simclr_shared_cpu.yaml --out "$OUT/simclr_$NAME" --set simclr.negatives=same_source \
+    RESUME=()
+    if [ -f "$OUT/simclr_$NAME/last.ckpt" ]; then RESUME=(--resume); fi
+    $LS ssl pretrain "${RESUME[@]}" -c configs/simclr_shared_cpu.yaml --out "$OUT/simclr_$NAME" --set simclr.negatives=same_source \
         --set data.source_balance=0.5 --set trainer.max_epochs=18 --set trainer.progress=false \
         --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1
 fi
