@@ -38,6 +38,7 @@ def recalls(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, floa
 
 
 def run_name(checkpoint: Path) -> str:
+    """rescore.py's naming: best.ckpt by its run, other checkpoints of a run as run/stem."""
     return checkpoint.parent.name if checkpoint.stem == "best" else f"{checkpoint.parent.name}/{checkpoint.stem}"
 
 
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{path}: no such file")
     runs = {}
     for checkpoint in args.checkpoints:
-        runs[run_name(checkpoint)] = recalls(checkpoint, manifests)
-        print(run_name(checkpoint), json.dumps(runs[run_name(checkpoint)]), flush=True)
+        name = run_name(checkpoint)
+        runs[name] = recalls(checkpoint, manifests)
+        print(name, json.dumps(runs[name]), flush=True)
     groups: dict[str, list[dict[str, dict[str, float]]]] = defaultdict(list)
     for name, result in runs.items():
         groups[re.sub(r"_seed\d+", "", name, count=1)].append(result)
