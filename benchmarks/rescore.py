@@ -6,7 +6,9 @@ label set, with AdaBN, and with both.
 Every external lab at the 5-type level, as `leukoshift finetune` scores them; "within"
 restricts predictions to NE, EO, BA, LY, MO (`evaluate --classes`), "adabn" re-estimates
 batch-norm statistics on each lab's own images (`evaluate --adapt-bn`). Prints one
-Markdown row per checkpoint and variant, macro-F1 (accuracy).
+Markdown row per checkpoint and variant, macro-F1 (accuracy); the JSON also keeps each
+variant's recall per type (which cells a macro-F1 gap comes from; `seed_table.py --recall`
+folds it over seeds).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 
 
-def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict[str, float]]]:
-    """{variant: {lab: {macro_f1, accuracy}}} for one checkpoint."""
+def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{variant: {lab: {macro_f1, accuracy, recall: {type: recall}}}} for one checkpoint; a
+    lab's recall has the types it has."""
     model = load_classifier(checkpoint)
-    out: dict[str, dict[str, dict[str, float]]] = {v: {} for v in VARIANTS}
+    out: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in VARIANTS}
     for manifest in manifests:
         table = load_table([manifest], image_config_of(model), split="all", labelled=True, progress=False)
         truth = list(table.frame["label"])
@@ -47,7 +50,11 @@ def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict
         }
         for variant, (which, classes) in VARIANTS.items():
             s = score(probs[which], truth, level="group", classes=classes)
-            out[variant][manifest.stem] = {"macro_f1": s.macro_f1, "accuracy": s.accuracy}
+            out[variant][manifest.stem] = {
+                "macro_f1": s.macro_f1,
+                "accuracy": s.accuracy,
+                "recall": {str(code): float(row["recall"]) for code, row in s.per_class.iterrows()},
+            }
     return out
 
 

@@ -9,7 +9,9 @@ A run's group is its name with ``_seed<N>`` taken out (``ft_srcbal18_lpft_seed3/
 -> ``ft_srcbal18_lpft/wise0.5``). A run scored in more than one file counts once, from the
 last file given. `--row` rows are the candidates, `--baseline` rows what they must beat:
 after the table, one line per scoring and candidate names the labs where its mean is above
-every baseline's (issue 4's bar: an SSL row above random init on every lab).
+every baseline's (issue 4's bar: an SSL row above random init on every lab). `--recall
+within` adds each row's recall per white-cell type and lab in that scoring, mean over its
+seeds: which cells a macro-F1 gap comes from.
 """
 
 from __future__ import annotations
@@ -81,6 +83,35 @@ def table(groups: dict[str, dict[int, dict[str, Any]]], rows: list[tuple[str, st
     return out
 
 
+def recall_table(
+    groups: dict[str, dict[int, dict[str, Any]]], rows: list[tuple[str, str]], scoring: str
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{label: {lab: {type: mean recall over the row's seeds}}} in one scoring."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, group in rows:
+        runs = [run[scoring] for run in groups[group].values()]
+        if not all("recall" in run[lab] for run in runs for lab in LABS):
+            raise SystemExit(f"error: {group}: runs scored without recall per type; rescore them with rescore.py")
+        out[label] = {
+            lab: {code: float(np.mean([run[lab]["recall"][code] for run in runs])) for code in runs[0][lab]["recall"]}
+            for lab in LABS
+        }
+    return out
+
+
+def recall_markdown(recall: dict[str, dict[str, dict[str, float]]], scoring: str) -> str:
+    first = next(iter(recall.values()))
+    header = [f"{lab} {code}" if i == 0 else code for lab in LABS for i, code in enumerate(first[lab])]
+    lines = [
+        f"| recall ({scoring}) | " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(header),
+    ]
+    for label, labs in recall.items():
+        cells = [f"{labs[lab][code]:.2f}" for lab in LABS for code in first[lab]]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def wins(row: dict[str, dict[str, float]], baselines: list[dict[str, dict[str, float]]]) -> list[str]:
     """Labs on which the row's mean is above every baseline's at the printed precision (a
     difference in the 16th digit is a tie, not a win)."""
@@ -122,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--row", action="append", required=True, help="LABEL=GROUP: a candidate row, in table order")
     parser.add_argument("--baseline", action="append", default=[], help="LABEL=GROUP: a row the candidates must beat")
     parser.add_argument("--seeds", help="seeds to keep, e.g. 0-2,5 (default: all)")
+    parser.add_argument("--recall", choices=SCORINGS, help="also fold recall per type in this scoring")
     parser.add_argument("--json-out", type=Path, help="also write the folded numbers here")
     args = parser.parse_args(argv)
     rows = []
@@ -135,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             parser.error(f"{path}: no such file")
     seeds = parse_seeds(args.seeds) if args.seeds else None
-    result = table(group_runs(load_runs(args.json), seeds), rows)
+    groups = group_runs(load_runs(args.json), seeds)
+    result = table(groups, rows)
+    if args.recall:
+        result["recall"] = {args.recall: recall_table(groups, rows, args.recall)}
     print(markdown(result, baselines))
+    if args.recall:
+        print("\n" + recall_markdown(result["recall"][args.recall], args.recall))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -13,12 +13,16 @@ from tests.pretrain.test_throughput_paths import load_benchmark
 LABS = ("cellavision", "bccd_crops", "bionet")
 
 
-def run(f1: tuple[float, float, float], test: float | None = None) -> dict[str, Any]:
-    """A rescore.py entry whose every scoring has these macro-F1s (adabn ones a tenth lower)."""
+def run(f1: tuple[float, float, float], test: float | None = None, eosinophils: float | None = None) -> dict[str, Any]:
+    """A rescore.py entry whose every scoring has these macro-F1s (adabn ones a tenth lower)
+    and, given `eosinophils`, that recall for EO on every lab (NE 1.0)."""
     out: dict[str, Any] = {}
     for scoring in ("plain", "within", "adabn", "adabn+within"):
         shift = 0.1 if scoring.startswith("adabn") else 0.0
         out[scoring] = {lab: {"macro_f1": v - shift, "accuracy": 0.5} for lab, v in zip(LABS, f1, strict=True)}
+        if eosinophils is not None:
+            for lab in LABS:
+                out[scoring][lab]["recall"] = {"NE": 1.0, "EO": eosinophils}
     if test is not None:
         out["test"] = {"macro_f1": test, "accuracy": test}
     return out
@@ -75,3 +79,31 @@ def test_seed_table_refuses_unknown_groups_and_malformed_rows(tmp_path: Path) ->
     with pytest.raises(SystemExit):
         seed_table.main([str(tmp_path / "missing.json"), "--row", "x=ft_ssl"])
     assert seed_table.parse_seeds("0-2,5") == {0, 1, 2, 5}
+
+
+def test_seed_table_folds_recall_per_type_and_refuses_runs_scored_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed_table = load_benchmark("seed_table")
+    path = write(
+        tmp_path / "a.json",
+        {
+            "ft_ssl_seed0": run((0.5, 0.3, 0.4), eosinophils=0.1),
+            "ft_ssl_seed1": run((0.5, 0.3, 0.4), eosinophils=0.3),
+            "ft_random_seed0": run((0.5, 0.3, 0.4), eosinophils=0.8),
+            "ft_old_seed0": run((0.5, 0.3, 0.4)),
+        },
+    )
+    out = tmp_path / "table.json"
+    argv = [str(path), "--row", "SSL=ft_ssl", "--baseline", "random=ft_random", "--recall", "within"]
+    assert seed_table.main([*argv, "--json-out", str(out)]) == 0
+    recall = json.loads(out.read_text())["recall"]["within"]
+    assert recall["SSL"]["bionet"] == pytest.approx({"NE": 1.0, "EO": 0.2})
+    assert recall["random"]["cellavision"]["EO"] == pytest.approx(0.8)
+    printed = capsys.readouterr().out.splitlines()
+    assert "| recall (within) | cellavision NE | EO | bccd_crops NE | EO | bionet NE | EO |" in printed
+    assert "| SSL | 1.00 | 0.20 | 1.00 | 0.20 | 1.00 | 0.20 |" in printed
+    # Runs rescored before rescore.py kept recall: a clear refusal, before any table is printed.
+    with pytest.raises(SystemExit, match="ft_old: runs scored without recall per type"):
+        seed_table.main([str(path), "--row", "old=ft_old", "--recall", "within"])
+    assert "| scoring |" not in capsys.readouterr().out
