@@ -9,9 +9,10 @@ A run's group is its name with ``_seed<N>`` taken out (``ft_srcbal18_lpft_seed3/
 -> ``ft_srcbal18_lpft/wise0.5``). A run scored in more than one file counts once, from the
 last file given. `--row` rows are the candidates, `--baseline` rows what they must beat:
 after the table, one line per scoring and candidate names the labs where its mean is above
-every baseline's (issue 4's bar: an SSL row above random init on every lab). `--recall
-within` adds each row's recall per white-cell type and lab in that scoring, mean over its
-seeds: which cells a macro-F1 gap comes from.
+every baseline's (issue 4's bar: an SSL row above random init on every lab), each with the
+largest one-sided Mann-Whitney p over the baselines. `--recall within` adds each row's
+recall per white-cell type and lab in that scoring, mean over its seeds: which cells a
+macro-F1 gap comes from.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 LABS = ("cellavision", "bccd_crops", "bionet")
 SCORINGS = ("plain", "within", "adabn", "adabn+within")
@@ -59,9 +61,15 @@ def group_runs(runs: dict[str, dict[str, Any]], seeds: set[int] | None) -> dict[
     return groups
 
 
-def fold(values: list[float]) -> dict[str, float]:
+def fold(values: list[float]) -> dict[str, Any]:
     array = np.asarray(values, dtype=float)
-    return {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max()), "n": len(values)}
+    return {
+        "mean": float(array.mean()),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "n": len(values),
+        "values": [float(v) for v in values],
+    }
 
 
 def table(groups: dict[str, dict[int, dict[str, Any]]], rows: list[tuple[str, str]]) -> dict[str, Any]:
@@ -112,14 +120,21 @@ def recall_markdown(recall: dict[str, dict[str, dict[str, float]]], scoring: str
     return "\n".join(lines)
 
 
-def wins(row: dict[str, dict[str, float]], baselines: list[dict[str, dict[str, float]]]) -> list[str]:
+def wins(row: dict[str, dict[str, Any]], baselines: list[dict[str, dict[str, Any]]]) -> list[str]:
     """Labs on which the row's mean is above every baseline's at the printed precision (a
     difference in the 16th digit is a tie, not a win)."""
 
-    def mean(f: dict[str, float]) -> float:
+    def mean(f: dict[str, Any]) -> float:
         return round(f["mean"], 3)
 
     return [lab for lab in LABS if all(mean(row[lab]) > mean(base[lab]) for base in baselines)]
+
+
+def p_above(row: dict[str, Any], baselines: list[dict[str, Any]]) -> float:
+    """The largest over baselines of the one-sided Mann-Whitney U p-value that the row's
+    seeds score higher than the baseline's: how well a mean win is told apart from seed
+    noise (six seeds against six cannot go below 0.001)."""
+    return max(float(mannwhitneyu(row["values"], base["values"], alternative="greater").pvalue) for base in baselines)
 
 
 def markdown(result: dict[str, Any], baselines: list[str]) -> str:
@@ -137,10 +152,10 @@ def markdown(result: dict[str, Any], baselines: list[str]) -> str:
         for label in by_label:
             if label in baselines or not baselines:
                 continue
-            won = wins(by_label[label], [by_label[b] for b in baselines])
-            lines.append(
-                f"{scoring}: {label} above every baseline on {', '.join(won) or 'no lab'} ({len(won)}/{len(LABS)})"
-            )
+            base = [by_label[b] for b in baselines]
+            won = wins(by_label[label], base)
+            labs = ", ".join(f"{lab} (p {p_above(by_label[label][lab], [b[lab] for b in base]):.3f})" for lab in won)
+            lines.append(f"{scoring}: {label} above every baseline on {labs or 'no lab'} ({len(won)}/{len(LABS)})")
     if result["test"]:
         lines.append("")
         lines.append("PBC test: " + "; ".join(f"{label} {cell(f)} (n={f['n']})" for label, f in result["test"].items()))

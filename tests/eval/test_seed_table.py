@@ -55,6 +55,7 @@ def test_seed_table_folds_seeds_and_names_the_labs_a_candidate_wins(
     assert seed_table.main([*argv, "--json-out", str(out)]) == 0
     result = json.loads(out.read_text())
     ssl = result["within"]["SSL"]
+    assert ssl["cellavision"].pop("values") == pytest.approx([0.5, 0.7])
     assert ssl["cellavision"] == pytest.approx({"mean": 0.6, "min": 0.5, "max": 0.7, "n": 2})
     assert ssl["bionet"]["mean"] == pytest.approx(0.6)  # 0.4 and the second file's 0.8
     assert result["adabn"]["random"]["bccd_crops"]["mean"] == pytest.approx(0.1)
@@ -65,8 +66,20 @@ def test_seed_table_folds_seeds_and_names_the_labs_a_candidate_wins(
     assert "| within | SSL | 2 | 0.600 (0.500-0.700) | 0.200 (0.100-0.300) | 0.600 (0.400-0.800) |" in printed
     # 0.6 > 0.5 on CellaVision; 0.2 = 0.2 on BCCD is not above; Bio-net's 0.6000000000000001
     # against 0.6 is a tie at the printed precision, not a win.
-    assert "within: SSL above every baseline on cellavision (1/3)" in printed
+    within = [line for line in printed if line.startswith("within: SSL")]
+    assert len(within) == 1 and within[0].startswith("within: SSL above every baseline on cellavision (p 0.")
+    assert within[0].endswith(") (1/3)")
     assert not any(line.startswith("random") or " random above" in line for line in printed)
+
+
+def test_p_above_is_the_largest_one_sided_mann_whitney_p_over_the_baselines() -> None:
+    seed_table = load_benchmark("seed_table")
+    row = {"values": [0.6, 0.7, 0.8]}
+    # Three seeds all above three: the exact one-sided p is 1 / C(6, 3) = 0.05.
+    assert seed_table.p_above(row, [{"values": [0.1, 0.2, 0.3]}]) == pytest.approx(0.05)
+    # Against a second baseline the row only half beats, the larger p is the one reported.
+    mixed = seed_table.p_above(row, [{"values": [0.1, 0.2, 0.3]}, {"values": [0.65, 0.75, 0.5]}])
+    assert 0.05 < mixed < 1.0
 
 
 def test_seed_table_refuses_unknown_groups_and_malformed_rows(tmp_path: Path) -> None:
