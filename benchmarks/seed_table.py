@@ -138,7 +138,7 @@ def p_above(row: dict[str, Any], baselines: list[dict[str, Any]]) -> float:
 
 
 def markdown(result: dict[str, Any], baselines: list[str]) -> str:
-    def cell(f: dict[str, float]) -> str:
+    def cell(f: dict[str, Any]) -> str:
         return f"{f['mean']:.3f} ({f['min']:.3f}-{f['max']:.3f})"
 
     lines = ["| scoring | init, model | seeds | " + " | ".join(LABS) + " |", "|---|---|---:|" + "---|" * len(LABS)]
