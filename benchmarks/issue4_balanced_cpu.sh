@@ -13,11 +13,7 @@ EPOCHS=${EPOCHS:-18}
 NAME=bal${EPOCHS}
 SSL=$OUT/simclr_$NAME/backbone.safetensors
 
-$LS ssl pretrain -c configs/simclr_shared_cpu.yaml --out "$OUT/simclr_$NAME" \
-    --set data.source_balance=0.5 --set trainer.max_epochs="$EPOCHS" --set trainer.progress=false
-cp "$OUT/simclr_$NAME/monitor.json" "$RES/simclr_${NAME}_monitor.json"
-.venv/bin/python benchmarks/ssl_knn.py --backbone "$SSL" --external runs/data/cellavision.csv \
-    --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${NAME}_knn_external.json"
+simclr "$NAME" --set data.source_balance=0.5 --set trainer.max_epochs="$EPOCHS"
 
 # Pairs side by side, one thread each.
 finetune "ft_${NAME}_blur_seed0" 0 1 --init "$SSL" & finetune "ft_${NAME}_blur_seed1" 1 1 --init "$SSL" & wait

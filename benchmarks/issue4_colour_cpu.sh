@@ -15,16 +15,8 @@ NAME=srcbalcol18
 SSL=$OUT/simclr_$NAME/backbone.safetensors
 W=(--set head_warmup_epochs=3)
 
-if [ ! -f "$SSL" ]; then
-    RESUME=()
-    if [ -f "$OUT/simclr_$NAME/last.ckpt" ]; then RESUME=(--resume); fi
-    $LS ssl pretrain "${RESUME[@]}" -c configs/simclr_shared_cpu.yaml --out "$OUT/simclr_$NAME" --set simclr.negatives=same_source \
-        --set data.source_balance=0.5 --set trainer.max_epochs=18 --set trainer.progress=false \
-        --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1
-fi
-cp "$OUT/simclr_$NAME/monitor.json" "$RES/simclr_${NAME}_monitor.json"
-.venv/bin/python benchmarks/ssl_knn.py --backbone "$SSL" --external runs/data/cellavision.csv \
-    --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${NAME}_knn_external.json"
+simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs=18 \
+    --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1
 
 for pair in "0 1" "2 3" "4 5"; do
     for seed in $pair; do finetune "ft_${NAME}_lpft_seed$seed" "$seed" 1 --init "$SSL" "${W[@]}" & done

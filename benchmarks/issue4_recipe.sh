@@ -4,6 +4,7 @@
 # lab (`leukoshift data appearance`: 2.2 px at 224, 0.6 px at 64); 15 epochs, early
 # stopping off. Expects to be sourced from the repository root.
 LS=.venv/bin/leukoshift
+PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/bench}
 RES=benchmarks/results/issue4
 mkdir -p "$RES"
@@ -22,4 +23,21 @@ finetune() {
     OMP_NUM_THREADS=$threads "${FT[@]}" "${BLUR[@]}" "$@" --out "$OUT/$run" --set trainer.seed="$seed" \
         > "$OUT/$run.log" 2>&1
     cp "$OUT/$run/metrics.json" "$RES/$run.metrics.json"
+}
+
+# simclr NAME [ARGS...]: configs/simclr_shared_cpu.yaml pretrained into $OUT/simclr_NAME with
+# ARGS (the run's --set overrides), skipped when its backbone exists and resumed from its
+# last.ckpt when an earlier try was cut off; then its online-monitor log and the frozen
+# features' kNN on PBC test and the three other labs (ssl_knn.py) kept in $RES.
+simclr() {
+    local name=$1 run=$OUT/simclr_$1
+    shift
+    if [ ! -f "$run/backbone.safetensors" ]; then
+        local resume=()
+        if [ -f "$run/last.ckpt" ]; then resume=(--resume); fi
+        $LS ssl pretrain "${resume[@]}" -c configs/simclr_shared_cpu.yaml --out "$run" --set trainer.progress=false "$@"
+    fi
+    cp "$run/monitor.json" "$RES/simclr_${name}_monitor.json"
+    $PY benchmarks/ssl_knn.py --backbone "$run/backbone.safetensors" --external runs/data/cellavision.csv \
+        --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${name}_knn_external.json"
 }

@@ -14,12 +14,8 @@ SSL=$OUT/simclr_$NAME/backbone.safetensors
 
 # 8 epochs, a fresh schedule (warm-up, full learning rate) from the 20-epoch backbone; a
 # batch of 256 holds ~11 CellaVision and ~22 images of each other small lab at 0.5.
-$LS ssl pretrain -c configs/simclr_shared_cpu.yaml --out "$OUT/simclr_$NAME" \
-    --set model.init="$OUT/simclr_all20/backbone.safetensors" --set simclr.negatives="$NEG" \
-    --set data.source_balance=0.5 --set trainer.max_epochs=8 --set trainer.progress=false
-cp "$OUT/simclr_$NAME/monitor.json" "$RES/simclr_${NAME}_monitor.json"
-.venv/bin/python benchmarks/ssl_knn.py --backbone "$SSL" --external runs/data/cellavision.csv \
-    --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${NAME}_knn_external.json"
+simclr "$NAME" --set model.init="$OUT/simclr_all20/backbone.safetensors" --set simclr.negatives="$NEG" \
+    --set data.source_balance=0.5 --set trainer.max_epochs=8
 
 # Two single-threaded runs side by side (two 2-thread jobs on 2 cores stall), then one.
 finetune "ft_${NAME}_blur_seed0" 0 1 --init "$SSL" & finetune "ft_${NAME}_blur_seed1" 1 1 --init "$SSL" & wait

@@ -12,11 +12,7 @@ NAME=srcbal18
 SSL=$OUT/simclr_$NAME/backbone.safetensors
 W=(--set head_warmup_epochs=3)
 
-$LS ssl pretrain -c configs/simclr_shared_cpu.yaml --out "$OUT/simclr_$NAME" --set simclr.negatives=same_source \
-    --set data.source_balance=0.5 --set trainer.max_epochs=18 --set trainer.progress=false
-cp "$OUT/simclr_$NAME/monitor.json" "$RES/simclr_${NAME}_monitor.json"
-.venv/bin/python benchmarks/ssl_knn.py --backbone "$SSL" --external runs/data/cellavision.csv \
-    --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${NAME}_knn_external.json"
+simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs=18
 
 # Two single-threaded runs side by side (two 2-thread jobs on 2 cores stall), then one.
 finetune "ft_${NAME}_lpft_seed0" 0 1 --init "$SSL" "${W[@]}" & finetune "ft_${NAME}_lpft_seed1" 1 1 --init "$SSL" "${W[@]}" & wait

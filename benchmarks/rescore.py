@@ -58,11 +58,11 @@ def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict
     return out
 
 
-def score_test(checkpoint: Path, manifest: Path) -> dict[str, float]:
-    """The checkpoint on the test split of its own lab, at each row's finest level, as
-    `leukoshift finetune` scores "test"."""
+def score_split(checkpoint: Path, manifest: Path, split: str = "test") -> dict[str, float]:
+    """The checkpoint on a split of its own lab, at each row's finest level, as
+    `leukoshift finetune` scores "val" and "test"."""
     model = load_classifier(checkpoint)
-    table = load_table([manifest], image_config_of(model), split="test", labelled=True, progress=False)
+    table = load_table([manifest], image_config_of(model), split=split, labelled=True, progress=False)
     s = score(predict_table(model, table, progress=False), list(table.frame["label"]), level="auto")
     return {"macro_f1": s.macro_f1, "accuracy": s.accuracy}
 
@@ -74,6 +74,12 @@ def main() -> None:
     parser.add_argument(
         "--test", type=Path, default=None, help="also score the test split of this manifest (e.g. runs/data/pbc.csv)"
     )
+    parser.add_argument(
+        "--val",
+        type=Path,
+        default=None,
+        help="also score the validation split of this manifest: what seed_table.py --select val picks by",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     manifests = args.external or [Path(m) for m in EXTERNAL]
@@ -84,9 +90,11 @@ def main() -> None:
         # best.ckpt is named by its run; other checkpoints of a run (wise0.5.ckpt) by run/stem
         name = ckpt.parent.name if ckpt.stem == "best" else f"{ckpt.parent.name}/{ckpt.stem}"
         results[name] = {"checkpoint": str(ckpt), **rescore(ckpt, manifests)}
-        if args.test:
-            results[name]["test"] = test = score_test(ckpt, args.test)
-            print(f"| {name} | {args.test.stem} test | {test['macro_f1']:.3f} ({test['accuracy']:.3f}) |", flush=True)
+        for split, manifest in (("val", args.val), ("test", args.test)):
+            if manifest:
+                results[name][split] = own = score_split(ckpt, manifest, split)
+                cell = f"{own['macro_f1']:.3f} ({own['accuracy']:.3f})"
+                print(f"| {name} | {manifest.stem} {split} | {cell} |", flush=True)
         for variant in VARIANTS:
             cells = [
                 f"{results[name][variant][m.stem]['macro_f1']:.3f} ({results[name][variant][m.stem]['accuracy']:.3f})"

@@ -13,6 +13,17 @@ every baseline's (issue 4's bar: an SSL row above random init on every lab), eac
 largest one-sided Mann-Whitney p over the baselines. `--recall within` adds each row's
 recall per white-cell type and lab in that scoring, mean over its seeds: which cells a
 macro-F1 gap comes from.
+
+A row may name several groups, ``LABEL=GROUP|GROUP|...`` (a run's checkpoints: LP-FT's
+end, its WiSE averages, its linear probe), and `--select` says which one each seed
+reports, without looking at the lab it is scored on:
+
+- ``val``: the one with the best macro-F1 on the training lab's validation split
+  (rescore.py --val; DomainBed's training-domain validation), the same pick for every lab;
+- ``labs``: per scoring and lab, the one with the best mean macro-F1 over the *other*
+  external labs in that scoring (leave-one-lab-out validation).
+
+The picks are printed and kept in the JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +40,13 @@ from scipy.stats import mannwhitneyu
 
 LABS = ("cellavision", "bccd_crops", "bionet")
 SCORINGS = ("plain", "within", "adabn", "adabn+within")
+SELECTIONS = ("val", "labs")
 _SEED = re.compile(r"_seed(\d+)")
+
+#: {group: {seed: run}}
+Groups = dict[str, dict[int, dict[str, Any]]]
+#: (label, candidate groups)
+Row = tuple[str, tuple[str, ...]]
 
 
 def parse_seeds(text: str) -> set[int]:
@@ -48,9 +65,9 @@ def load_runs(paths: list[Path]) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def group_runs(runs: dict[str, dict[str, Any]], seeds: set[int] | None) -> dict[str, dict[int, dict[str, Any]]]:
+def group_runs(runs: dict[str, dict[str, Any]], seeds: set[int] | None) -> Groups:
     """{group: {seed: run}}; runs without a seed in their name are left out."""
-    groups: dict[str, dict[int, dict[str, Any]]] = {}
+    groups: Groups = {}
     for name, run in runs.items():
         match = _SEED.search(name)
         if match is None:
@@ -72,39 +89,106 @@ def fold(values: list[float]) -> dict[str, Any]:
     }
 
 
-def table(groups: dict[str, dict[int, dict[str, Any]]], rows: list[tuple[str, str]]) -> dict[str, Any]:
-    """{scoring: {label: {lab: fold}}} plus {"test": {label: fold}} (PBC test, where scored)."""
-    missing = [group for _, group in rows if group not in groups]
+def check_rows(groups: Groups, rows: list[Row], select: str | None) -> None:
+    """Every candidate group exists with the same seeds as its row's others, a row of
+    several candidates has a selection rule, and ``val`` has the scores it picks by."""
+    missing = [group for _, candidates in rows for group in candidates if group not in groups]
     if missing:
         raise SystemExit(f"error: no seeded runs for {', '.join(missing)} (groups: {', '.join(sorted(groups))})")
-    out: dict[str, Any] = {}
-    for scoring in SCORINGS:
-        out[scoring] = {
-            label: {lab: fold([run[scoring][lab]["macro_f1"] for run in groups[group].values()]) for lab in LABS}
-            for label, group in rows
-        }
-    out["test"] = {
-        label: fold([run["test"]["macro_f1"] for run in groups[group].values()])
-        for label, group in rows
-        if all("test" in run for run in groups[group].values())
-    }
+    for label, candidates in rows:
+        if len(candidates) > 1 and select is None:
+            raise SystemExit(f"error: {label}: {len(candidates)} candidate groups need --select val|labs")
+        seeds = set(groups[candidates[0]])
+        for group in candidates[1:]:
+            if set(groups[group]) != seeds:
+                raise SystemExit(
+                    f"error: {label}: {group} has seeds {sorted(groups[group])}, {candidates[0]} {sorted(seeds)}"
+                )
+        if len(candidates) > 1 and select == "val":
+            unscored = [g for g in candidates if not all("val" in run for run in groups[g].values())]
+            if unscored:
+                raise SystemExit(f"error: {', '.join(unscored)}: runs without a val score; rescore them with --val")
+
+
+def pick(groups: Groups, candidates: tuple[str, ...], select: str | None, scoring: str, lab: str) -> dict[int, str]:
+    """{seed: the candidate group that seed reports on `lab` in `scoring`}; the first
+    listed wins a tie."""
+
+    def merit(group: str, seed: int) -> float:
+        run = groups[group][seed]
+        if select == "val":
+            return float(run["val"]["macro_f1"])
+        return float(np.mean([run[scoring][other]["macro_f1"] for other in LABS if other != lab]))
+
+    seeds = sorted(groups[candidates[0]])
+    if len(candidates) == 1:
+        return dict.fromkeys(seeds, candidates[0])
+    return {seed: max(candidates, key=lambda group: merit(group, seed)) for seed in seeds}
+
+
+def table(groups: Groups, rows: list[Row], select: str | None = None) -> dict[str, Any]:
+    """{scoring: {label: {lab: fold}}}, {"test": {label: fold}} (PBC test, where scored and
+    the pick does not depend on the lab) and {"picks": {label: {scoring: {lab: {seed: group}}}}}."""
+    check_rows(groups, rows, select)
+    out: dict[str, Any] = {scoring: {} for scoring in SCORINGS}
+    out["picks"] = {}
+    for label, candidates in rows:
+        picks = {s: {lab: pick(groups, candidates, select, s, lab) for lab in LABS} for s in SCORINGS}
+        out["picks"][label] = picks
+        for scoring in SCORINGS:
+            out[scoring][label] = {
+                lab: fold([groups[g][seed][scoring][lab]["macro_f1"] for seed, g in picks[scoring][lab].items()])
+                for lab in LABS
+            }
+    out["test"] = {}
+    for label, candidates in rows:
+        if len(candidates) > 1 and select != "val":
+            continue
+        chosen = out["picks"][label][SCORINGS[0]][LABS[0]]
+        runs = [groups[g][seed] for seed, g in chosen.items()]
+        if all("test" in run for run in runs):
+            out["test"][label] = fold([run["test"]["macro_f1"] for run in runs])
     return out
 
 
 def recall_table(
-    groups: dict[str, dict[int, dict[str, Any]]], rows: list[tuple[str, str]], scoring: str
+    groups: Groups, rows: list[Row], scoring: str, picks: dict[str, Any]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{label: {lab: {type: mean recall over the row's seeds}}} in one scoring."""
+    """{label: {lab: {type: mean recall over the row's seeds}}} in one scoring, each seed
+    from its pick."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for label, group in rows:
-        runs = [run[scoring] for run in groups[group].values()]
-        if not all("recall" in run[lab] for run in runs for lab in LABS):
-            raise SystemExit(f"error: {group}: runs scored without recall per type; rescore them with rescore.py")
+    for label, _ in rows:
+        chosen = {lab: picks[label][scoring][lab].items() for lab in LABS}
+        unscored = sorted(
+            {g for lab in LABS for seed, g in chosen[lab] if "recall" not in groups[g][seed][scoring][lab]}
+        )
+        if unscored:
+            raise SystemExit(
+                f"error: {', '.join(unscored)}: runs scored without recall per type; rescore them with rescore.py"
+            )
+        by_lab = {lab: [groups[g][seed][scoring][lab] for seed, g in chosen[lab]] for lab in LABS}
         out[label] = {
-            lab: {code: float(np.mean([run[lab]["recall"][code] for run in runs])) for code in runs[0][lab]["recall"]}
-            for lab in LABS
+            lab: {code: float(np.mean([e["recall"][code] for e in entries])) for code in entries[0]["recall"]}
+            for lab, entries in by_lab.items()
         }
     return out
+
+
+def picks_markdown(picks: dict[str, Any], rows: list[Row], select: str) -> str:
+    """One line per row of several candidates: how often each was picked, over its seeds
+    (``labs``: over seeds, scorings and labs)."""
+    lines = []
+    for label, candidates in rows:
+        if len(candidates) == 1:
+            continue
+        by_scoring = picks[label]
+        if select == "val":  # the same pick for every scoring and lab
+            chosen = list(by_scoring[SCORINGS[0]][LABS[0]].values())
+        else:
+            chosen = [g for by_lab in by_scoring.values() for seeds in by_lab.values() for g in seeds.values()]
+        counts = ", ".join(f"{g} x{chosen.count(g)}" for g in candidates if g in chosen)
+        lines.append(f"picked by {select}: {label}: {counts} (of {len(chosen)})")
+    return "\n".join(lines)
 
 
 def recall_markdown(recall: dict[str, dict[str, dict[str, float]]], scoring: str) -> str:
@@ -165,28 +249,34 @@ def markdown(result: dict[str, Any], baselines: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+", type=Path, help="benchmarks/rescore.py --json-out files")
-    parser.add_argument("--row", action="append", required=True, help="LABEL=GROUP: a candidate row, in table order")
-    parser.add_argument("--baseline", action="append", default=[], help="LABEL=GROUP: a row the candidates must beat")
+    parser.add_argument(
+        "--row", action="append", required=True, help="LABEL=GROUP[|GROUP...]: a candidate row, in table order"
+    )
+    parser.add_argument("--baseline", action="append", default=[], help="LABEL=GROUP[|GROUP...]: a row to beat")
     parser.add_argument("--seeds", help="seeds to keep, e.g. 0-2,5 (default: all)")
+    parser.add_argument("--select", choices=SELECTIONS, help="which group of a several-group row each seed reports")
     parser.add_argument("--recall", choices=SCORINGS, help="also fold recall per type in this scoring")
     parser.add_argument("--json-out", type=Path, help="also write the folded numbers here")
     args = parser.parse_args(argv)
-    rows = []
+    rows: list[Row] = []
     for row in args.row + args.baseline:
-        label, sep, group = row.rpartition("=")
-        if not sep or not label or not group:
-            parser.error(f"{row!r}: expected LABEL=GROUP")
-        rows.append((label, group))
+        label, sep, groups_text = row.rpartition("=")
+        candidates = tuple(groups_text.split("|"))
+        if not sep or not label or not all(candidates):
+            parser.error(f"{row!r}: expected LABEL=GROUP or LABEL=GROUP|GROUP...")
+        rows.append((label, candidates))
     baselines = [label for label, _ in rows[len(args.row) :]]
     for path in args.json:
         if not path.is_file():
             parser.error(f"{path}: no such file")
     seeds = parse_seeds(args.seeds) if args.seeds else None
     groups = group_runs(load_runs(args.json), seeds)
-    result = table(groups, rows)
+    result = table(groups, rows, args.select)
     if args.recall:
-        result["recall"] = {args.recall: recall_table(groups, rows, args.recall)}
+        result["recall"] = {args.recall: recall_table(groups, rows, args.recall, result["picks"])}
     print(markdown(result, baselines))
+    if args.select:
+        print("\n" + picks_markdown(result["picks"], rows, args.select))
     if args.recall:
         print("\n" + recall_markdown(result["recall"][args.recall], args.recall))
     if args.json_out:

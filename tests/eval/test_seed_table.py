@@ -13,7 +13,12 @@ from tests.pretrain.test_throughput_paths import load_benchmark
 LABS = ("cellavision", "bccd_crops", "bionet")
 
 
-def run(f1: tuple[float, float, float], test: float | None = None, eosinophils: float | None = None) -> dict[str, Any]:
+def run(
+    f1: tuple[float, float, float],
+    test: float | None = None,
+    eosinophils: float | None = None,
+    val: float | None = None,
+) -> dict[str, Any]:
     """A rescore.py entry whose every scoring has these macro-F1s (adabn ones a tenth lower)
     and, given `eosinophils`, that recall for EO on every lab (NE 1.0)."""
     out: dict[str, Any] = {}
@@ -25,6 +30,8 @@ def run(f1: tuple[float, float, float], test: float | None = None, eosinophils: 
                 out[scoring][lab]["recall"] = {"NE": 1.0, "EO": eosinophils}
     if test is not None:
         out["test"] = {"macro_f1": test, "accuracy": test}
+    if val is not None:
+        out["val"] = {"macro_f1": val, "accuracy": val}
     return out
 
 
@@ -120,3 +127,63 @@ def test_seed_table_folds_recall_per_type_and_refuses_runs_scored_without_it(
     with pytest.raises(SystemExit, match="ft_old: runs scored without recall per type"):
         seed_table.main([str(path), "--row", "old=ft_old", "--recall", "within"])
     assert "| scoring |" not in capsys.readouterr().out
+
+
+def test_seed_table_picks_each_seeds_checkpoint_without_looking_at_the_lab_it_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed_table = load_benchmark("seed_table")
+    path = write(
+        tmp_path / "a.json",
+        {
+            "ft_ssl_seed0": run((0.5, 0.5, 0.5), test=0.6, val=0.7, eosinophils=0.5),
+            "ft_ssl_seed0/wise0.5": run((0.9, 0.1, 0.3), test=0.55, val=0.6, eosinophils=0.9),
+            "ft_ssl_seed1": run((0.4, 0.4, 0.4), test=0.5, val=0.5, eosinophils=0.1),
+            "ft_ssl_seed1/wise0.5": run((0.8, 0.2, 0.2), test=0.62, val=0.65, eosinophils=0.3),
+            "ft_random_seed0": run((0.3, 0.3, 0.3), eosinophils=0.2),
+            "ft_random_seed1": run((0.3, 0.3, 0.3), eosinophils=0.2),
+        },
+    )
+    row = ["--row", "SSL=ft_ssl|ft_ssl/wise0.5", "--baseline", "random=ft_random"]
+    out = tmp_path / "val.json"
+    assert seed_table.main([str(path), *row, "--select", "val", "--recall", "plain", "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # val: seed 0 keeps its end (0.7 > 0.6), seed 1 its average (0.65 > 0.5), on every lab
+    assert result["picks"]["SSL"]["adabn"]["bionet"] == {"0": "ft_ssl", "1": "ft_ssl/wise0.5"}
+    assert result["plain"]["SSL"]["cellavision"]["values"] == pytest.approx([0.5, 0.8])
+    assert result["adabn"]["SSL"]["bccd_crops"]["values"] == pytest.approx([0.4, 0.1])
+    assert result["test"]["SSL"]["mean"] == pytest.approx(0.61)
+    assert result["recall"]["plain"]["SSL"]["bionet"]["EO"] == pytest.approx(0.4)  # 0.5 and 0.3
+    assert "picked by val: SSL: ft_ssl x1, ft_ssl/wise0.5 x1 (of 2)" in capsys.readouterr().out
+
+    out = tmp_path / "labs.json"
+    assert seed_table.main([str(path), *row, "--select", "labs", "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # labs: each lab's pick is the best on the two others (a tie keeps the first listed)
+    assert result["within"]["SSL"]["cellavision"]["values"] == pytest.approx([0.5, 0.4])
+    assert result["within"]["SSL"]["bccd_crops"]["values"] == pytest.approx([0.1, 0.2])
+    assert result["within"]["SSL"]["bionet"]["values"] == pytest.approx([0.5, 0.2])
+    assert result["picks"]["SSL"]["within"]["bionet"] == {"0": "ft_ssl", "1": "ft_ssl/wise0.5"}
+    assert "SSL" not in result["test"]  # a pick per lab has no single PBC test score
+    assert "picked by labs: SSL: ft_ssl x12, ft_ssl/wise0.5 x12 (of 24)" in capsys.readouterr().out
+
+
+def test_seed_table_refuses_a_selection_it_cannot_make(tmp_path: Path) -> None:
+    seed_table = load_benchmark("seed_table")
+    path = write(
+        tmp_path / "a.json",
+        {
+            "ft_ssl_seed0": run((0.5, 0.5, 0.5), val=0.7),
+            "ft_ssl_seed0/wise0.5": run((0.9, 0.1, 0.3)),
+            "ft_ssl_seed1": run((0.5, 0.5, 0.5), val=0.7),
+            "ft_other_seed0": run((0.5, 0.5, 0.5), val=0.7),
+        },
+    )
+    with pytest.raises(SystemExit, match="SSL: 2 candidate groups need --select"):
+        seed_table.main([str(path), "--row", "SSL=ft_ssl|ft_ssl/wise0.5"])
+    with pytest.raises(SystemExit, match="ft_ssl/wise0.5 has seeds \\[0\\], ft_ssl \\[0, 1\\]"):
+        seed_table.main([str(path), "--row", "SSL=ft_ssl|ft_ssl/wise0.5", "--select", "labs"])
+    with pytest.raises(SystemExit, match="ft_ssl/wise0.5: runs without a val score"):
+        seed_table.main([str(path), "--row", "SSL=ft_ssl|ft_ssl/wise0.5", "--select", "val", "--seeds", "0"])
+    with pytest.raises(SystemExit):
+        seed_table.main([str(path), "--row", "SSL=ft_ssl|", "--select", "val"])
