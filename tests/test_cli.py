@@ -71,7 +71,7 @@ def test_help_lists_every_command_group(capsys: pytest.CaptureFixture[str], monk
     assert set(GROUPS) <= listed
     code, out, _ = run(["data", "--help"], capsys, monkeypatch)
     assert code == 0
-    for command in ("import", "summary", "split", "cache", "synth", "appearance"):
+    for command in ("import", "summary", "split", "cache", "synth", "appearance", "near-duplicates"):
         assert f"│ {command} " in out
 
 
@@ -251,3 +251,27 @@ def test_errors_are_one_line_with_exit_code_2(
     (tmp_path / "map.yaml").write_text("'[x]': NEU\n")  # brackets must print as text
     code, _, err = run([a.format(tmp=tmp_path, tree=tree) for a in argv], capsys, monkeypatch)
     assert_one_line_error(code, err, *needles)
+
+
+def test_data_near_duplicates_reports_a_turned_copy_with_another_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = make_pbc_tree(tmp_path / "pbc", {"LY": 6, "EO": 6}, size=48)
+    original = np.asarray(Image.open(base / "lymphocyte" / "LY_1001.jpg"))
+    write_image(base / "eosinophil" / "EO_2000.png", rgb=np.ascontiguousarray(np.rot90(original)))
+    manifest = tmp_path / "pbc.csv"
+    imported = ["data", "import", "pbc", str(tmp_path / "pbc"), "-s", "pbc", "-o", str(manifest)]
+    code, _, err = run(imported, capsys, monkeypatch)
+    assert code == 0, err
+    csv = tmp_path / "near.csv"
+    argv = ["data", "near-duplicates", str(manifest), "--set", "image.preprocess=resize", "--set", "image.size=48"]
+    code, out, err = run([*argv, "--csv", str(csv)], capsys, monkeypatch)
+    assert code == 0, err
+    header = "source  images  in_groups  groups  copies  mixed_labels  across_splits"
+    assert header in out and re.search(r"\n\s*pbc\s+13\s+2\s+1\s+1\s+1\s+\d\n", out), out
+    assert "pbc: copies with different labels: " in out and "EO_2000.png (EO)" in out and "LY_1001.jpg (LY)" in out
+    report = pd.read_csv(csv)
+    assert sorted(Path(p).name for p in report["path"]) == ["EO_2000.png", "LY_1001.jpg"]
+    assert report["conflict"].all() and (report["r"] > 0.99).all()
+    code, _, err = run([*argv, "--threshold", "0.2"], capsys, monkeypatch)
+    assert code == 2 and "threshold" in err

@@ -200,6 +200,44 @@ def data_appearance(
         console.print(f"table -> {csv}", markup=False)
 
 
+@data_app.command("near-duplicates")
+def data_near_duplicates(
+    manifests: Annotated[list[Path], typer.Argument(help="manifest CSV(s)")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    threshold: Annotated[
+        float, typer.Option(min=0.5, max=1.0, help="correlation at which two images count as copies")
+    ] = 0.98,
+    csv: Annotated[Path | None, typer.Option(help="also write every image in a group here")] = None,
+) -> None:
+    """Copies a file hash misses: the same cell rotated, mirrored or shifted, per lab."""
+    import numpy as np
+
+    from leukoshift.config import ImageOnlyConfig, load_config
+    from leukoshift.data.loaders import load_table
+    from leukoshift.data.near_duplicates import near_duplicate_report, summarise
+
+    cfg = load_config(ImageOnlyConfig, config, set_)
+    table = load_table(manifests, cfg.image, split="all")
+    images = table.images(np.arange(len(table)))
+    report = near_duplicate_report(images, table.frame, threshold)
+    summary = summarise(report, table.frame)
+    # Plain text, not a rich table: seven columns stay whole in an 80-column terminal or a log.
+    console.print(f"near-duplicates at r >= {threshold} ({cfg.image.preprocess} crops, grey, 32 px)", markup=False)
+    console.print(summary.to_string(index=False), markup=False)
+    for (source, _), part in report[report["conflict"]].groupby(["source", "group"]):
+        desc = ", ".join(f"{Path(p).name} ({lab})" for p, lab in zip(part["path"], part["label"], strict=True))
+        console.print(f"  [red]{escape(str(source))}: copies with different labels:[/red] {escape(desc)}")
+    for source, part in report[report["spans_splits"]].groupby("source"):
+        console.print(
+            f"[yellow]{source}: {part['group'].nunique()} group(s) of copies lie in more than one split[/yellow] "
+            "(a copy of a test image in train inflates the test score)"
+        )
+    if csv is not None:
+        report.to_csv(csv, index=False)
+        console.print(f"{len(report)} image(s) in groups -> {csv}", markup=False)
+
+
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the labs and manifest.csv")],
