@@ -273,5 +273,14 @@ def test_data_near_duplicates_reports_a_turned_copy_with_another_label(
     report = pd.read_csv(csv)
     assert sorted(Path(p).name for p in report["path"]) == ["EO_2000.png", "LY_1001.jpg"]
     assert report["conflict"].all() and (report["r"] > 0.99).all()
+    distinct = tmp_path / "distinct" / "pbc.csv"
+    code, out, err = run([*argv, "--distinct", str(distinct)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "12 row(s), 1 copies left out" in out
+    kept = read_manifest(distinct)
+    names = {p.name for p in kept.abs_paths}
+    # The first of the pair in the manifest's order stays (eosinophil/ sorts before lymphocyte/).
+    assert len(kept) == 12 and "EO_2000.png" in names and "LY_1001.jpg" not in names
+    assert all(p.is_file() for p in kept.abs_paths)
     code, _, err = run([*argv, "--threshold", "0.2"], capsys, monkeypatch)
     assert code == 2 and "threshold" in err

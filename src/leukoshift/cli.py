@@ -209,13 +209,18 @@ def data_near_duplicates(
         float, typer.Option(min=0.5, max=1.0, help="correlation at which two images count as copies")
     ] = 0.98,
     csv: Annotated[Path | None, typer.Option(help="also write every image in a group here")] = None,
+    distinct: Annotated[
+        Path | None,
+        typer.Option(help="also write the manifests' rows without the copies (each group's first kept) here"),
+    ] = None,
 ) -> None:
     """Copies a file hash misses: the same cell rotated, mirrored or shifted, per lab."""
     import numpy as np
 
     from leukoshift.config import ImageOnlyConfig, load_config
     from leukoshift.data.loaders import load_table
-    from leukoshift.data.near_duplicates import near_duplicate_report, summarise
+    from leukoshift.data.manifest import read_manifests, write_manifest
+    from leukoshift.data.near_duplicates import later_copies, near_duplicate_report, summarise
 
     cfg = load_config(ImageOnlyConfig, config, set_)
     table = load_table(manifests, cfg.image, split="all")
@@ -236,6 +241,11 @@ def data_near_duplicates(
     if csv is not None:
         report.to_csv(csv, index=False)
         console.print(f"{len(report)} image(s) in groups -> {csv}", markup=False)
+    if distinct is not None:
+        rows = read_manifests(manifests).frame
+        dropped = set(later_copies(report))
+        write_manifest(rows[~rows["path"].isin(dropped)], distinct)
+        console.print(f"{len(rows) - len(dropped)} row(s), {len(dropped)} copies left out -> {distinct}", markup=False)
 
 
 @data_app.command("synth")

@@ -145,6 +145,12 @@ def near_duplicate_report(
     return report[columns]
 
 
+def later_copies(report: pd.DataFrame) -> list[str]:
+    """Paths of every group's members but its first (in the manifests' order): what a
+    manifest of distinct cells leaves out."""
+    return [path for _, part in report.groupby("group", sort=False) for path in part["path"].iloc[1:]]
+
+
 def summarise(report: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """Per source: images, images in a group, groups, extra copies (in a group but not its
     first), groups mixing labels, groups across splits."""
