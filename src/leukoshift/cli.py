@@ -214,9 +214,8 @@ def data_near_duplicates(
         typer.Option(help="also write the manifests' rows without the copies (each group's first kept) here"),
     ] = None,
 ) -> None:
-    """Copies a file hash misses: the same cell rotated, mirrored or shifted, per lab."""
-    import numpy as np
-
+    """Copies a file hash misses: the same cell rotated, mirrored or shifted, per lab
+    (compared at 32 px: image.size=64 is plenty)."""
     from leukoshift.config import ImageOnlyConfig, load_config
     from leukoshift.data.loaders import load_table
     from leukoshift.data.manifest import read_manifests, write_manifest
@@ -224,8 +223,7 @@ def data_near_duplicates(
 
     cfg = load_config(ImageOnlyConfig, config, set_)
     table = load_table(manifests, cfg.image, split="all")
-    images = table.images(np.arange(len(table)))
-    report = near_duplicate_report(images, table.frame, threshold)
+    report = near_duplicate_report(table.images, table.frame, threshold)
     summary = summarise(report, table.frame)
     # Plain text, not a rich table: seven columns stay whole in an 80-column terminal or a log.
     console.print(f"near-duplicates at r >= {threshold} ({cfg.image.preprocess} crops, grey, 32 px)", markup=False)

@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from leukoshift.config import ImageConfig
+from leukoshift.data import near_duplicates as near_duplicates_module
 from leukoshift.data.loaders import load_table
 from leukoshift.data.near_duplicates import dihedral_vectors, near_duplicate_report, near_duplicates, summarise
 
@@ -62,7 +63,7 @@ def test_turned_and_mirrored_copies_are_grouped_shifted_ones_below_the_default()
     assert near_duplicates(copies()[:1]).empty
 
 
-def test_report_is_per_lab_and_flags_mixed_labels_and_splits() -> None:
+def test_report_is_per_lab_and_flags_mixed_labels_and_splits(monkeypatch: pytest.MonkeyPatch) -> None:
     images = copies()
     frame = pd.DataFrame(
         {
@@ -78,6 +79,16 @@ def test_report_is_per_lab_and_flags_mixed_labels_and_splits() -> None:
     assert by_path.loc["/x/6.png", "match"] == "/x/0.png"
     assert bool(by_path.loc["/x/0.png", "spans_splits"]) and not bool(by_path.loc["/x/0.png", "conflict"])
     assert bool(by_path.loc["/x/1.png", "conflict"]) and not bool(by_path.loc["/x/1.png", "spans_splits"])
+    # Pixels fetched by position a few at a time (ImageTable.images) give the same report.
+    monkeypatch.setattr(near_duplicates_module, "_CHUNK", 3)
+    fetched: list[int] = []
+
+    def fetch(positions: np.ndarray) -> np.ndarray:
+        fetched.append(len(positions))
+        return images[positions]
+
+    pd.testing.assert_frame_equal(near_duplicate_report(fetch, frame), report)
+    assert max(fetched) == 3 and sum(fetched) == 9
     summary = summarise(report, frame).set_index("source")
     assert summary.loc["a"].to_dict() == {
         "images": 8,

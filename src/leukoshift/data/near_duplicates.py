@@ -26,6 +26,8 @@ group of their own. Lower the threshold to join such copies, at the price of loo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import faiss
 import numpy as np
 import pandas as pd
@@ -33,9 +35,10 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_THRESHOLD = 0.98
-_SIDE = 32  # px compared: coarse enough to ignore a few pixels of shift and JPEG noise
+_SIDE = 32  # px compared: coarse enough that re-encoding noise averages out (shifts are not undone)
 _GREY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luminance
 _NEIGHBOURS = 5  # per view: enough to reach every member of a small group of copies
+_CHUNK = 2048  # images decoded from the cache at a time: memory holds vectors, not pixels
 
 
 def dihedral_vectors(images: np.ndarray) -> np.ndarray:
@@ -79,12 +82,16 @@ def near_duplicates(images: np.ndarray, threshold: float = DEFAULT_THRESHOLD) ->
     """Groups of near-identical images among ``images`` (one lab): a row per image in a
     group, with ``index`` (its position), ``group``, ``match`` (position of its best match)
     and ``r`` (their correlation, under the best rotation or mirror)."""
+    return _search(dihedral_vectors(images), threshold)
+
+
+def _search(vectors: np.ndarray, threshold: float) -> pd.DataFrame:
+    """:func:`near_duplicates` on :func:`dihedral_vectors`' output."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    n = len(images)
+    n = len(vectors)
     if n < 2:
         return pd.DataFrame(columns=["index", "group", "match", "r"])
-    vectors = dihedral_vectors(images)
     index = faiss.IndexFlatIP(vectors.shape[-1])
     index.add(np.ascontiguousarray(vectors[:, 0]))
     best = np.full(n, -np.inf)
@@ -108,17 +115,21 @@ def near_duplicates(images: np.ndarray, threshold: float = DEFAULT_THRESHOLD) ->
 
 
 def near_duplicate_report(
-    images: np.ndarray, frame: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD
+    images: np.ndarray | Callable[[np.ndarray], np.ndarray], frame: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD
 ) -> pd.DataFrame:
-    """:func:`near_duplicates` per source of ``frame`` (rows aligned with ``images``): the
-    manifest's source, path, label and split of every image in a group, its group (numbered
-    across sources), its best match's path and r, and whether its group mixes labels
-    (``conflict``) or splits (``spans_splits``)."""
+    """:func:`near_duplicates` per source of ``frame``: the manifest's source, path, label
+    and split of every image in a group, its group (numbered across sources), its best
+    match's path and r, and whether its group mixes labels (``conflict``) or splits
+    (``spans_splits``). ``images`` holds the rows' pixels, or gives them for positions
+    (``ImageTable.images``), read a chunk at a time so that a large lab never sits in
+    memory as pixels."""
+    fetch = images.__getitem__ if isinstance(images, np.ndarray) else images
     parts = []
     offset = 0
     for source in sorted(frame["source"].unique()):
         positions = np.flatnonzero((frame["source"] == source).to_numpy())
-        found = near_duplicates(images[positions], threshold)
+        chunks = [positions[i : i + _CHUNK] for i in range(0, len(positions), _CHUNK)]
+        found = _search(np.concatenate([dihedral_vectors(fetch(chunk)) for chunk in chunks]), threshold)
         if found.empty:
             continue
         rows = frame.iloc[positions[found["index"].to_numpy()]].reset_index(drop=True)
