@@ -15,8 +15,6 @@ $LS data near-duplicates runs/data/bionet.csv --set image.size=64 --set image.pr
     --distinct runs/data/distinct/bionet.csv
 EXTERNAL=(--external runs/data/cellavision.csv --external runs/data/bccd_crops.csv
           --external runs/data/distinct/bionet.csv)
-CANDIDATES=(warmup best wise0.25 wise0.5 wise0.75)
-ckpts() { for run in "$@"; do for c in "${CANDIDATES[@]}"; do echo "$OUT/$run/$c.ckpt"; done; done; }
 mapfile -t SSL_CKPTS < <(ckpts ft_srcbalcol18_lpft_seed{0,1,2,3,4,5})
 mapfile -t RANDOM_CKPTS < <(ckpts ft_random_lpft_seed{0,1,2,3,4,5})
 OMP_NUM_THREADS=1 $PY benchmarks/rescore.py "${SSL_CKPTS[@]}" "${EXTERNAL[@]}" --val runs/data/pbc.csv \
@@ -31,7 +29,6 @@ BASE=(--baseline "random, LP-FT=ft_random_lpft" --baseline "random, plain fine-t
 $PY benchmarks/seed_table.py "${JSON[@]}" --seeds 0-5 --row "SimCLR colour kept, LP-FT=ft_srcbalcol18_lpft" \
     --row "SimCLR colour kept, WiSE 0.5=ft_srcbalcol18_lpft/wise0.5" "${BASE[@]}" --recall within \
     --json-out "$RES/seed_table_distinct.json"
-candidates() { local g=$1; echo "$g|$g/wise0.25|$g/wise0.5|$g/wise0.75|$g/warmup"; }
 for select in val labs; do
     $PY benchmarks/seed_table.py "${JSON[@]}" --seeds 0-5 --select "$select" \
         --row "SimCLR colour kept, LP-FT=$(candidates ft_srcbalcol18_lpft)" \

@@ -41,3 +41,10 @@ simclr() {
     $PY benchmarks/ssl_knn.py --backbone "$run/backbone.safetensors" --external runs/data/cellavision.csv \
         --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${name}_knn_external.json"
 }
+
+# The checkpoints compared per LP-FT run: its linear probe, its end and three WiSE averages.
+# ckpts RUN...: their paths, one per line; candidates GROUP: the same as one seed_table.py
+# row of several groups (pick one per seed with --select).
+CANDIDATES=(warmup best wise0.25 wise0.5 wise0.75)
+ckpts() { for run in "$@"; do for c in "${CANDIDATES[@]}"; do echo "$OUT/$run/$c.ckpt"; done; done; }
+candidates() { local g=$1; echo "$g|$g/wise0.25|$g/wise0.5|$g/wise0.75|$g/warmup"; }

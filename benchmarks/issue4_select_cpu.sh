@@ -17,8 +17,6 @@ for seed in 3 4 5; do
     for alpha in 0.25 0.5 0.75; do $LS wise "$OUT/ft_random_lpft_seed$seed" --alpha "$alpha"; done
 done
 # Every candidate scored again, now with PBC validation as well; two single-thread jobs.
-CANDIDATES=(warmup best wise0.25 wise0.5 wise0.75)
-ckpts() { for run in "$@"; do for c in "${CANDIDATES[@]}"; do echo "$OUT/$run/$c.ckpt"; done; done; }
 mapfile -t SSL_CKPTS < <(ckpts ft_srcbal{col,}18_lpft_seed{0,1,2,3,4,5})
 mapfile -t RANDOM_CKPTS < <(ckpts ft_random_lpft_seed{0,1,2,3,4,5})
 OMP_NUM_THREADS=1 $PY benchmarks/rescore.py "${SSL_CKPTS[@]}" --val runs/data/pbc.csv --test runs/data/pbc.csv \
@@ -28,7 +26,6 @@ OMP_NUM_THREADS=1 $PY benchmarks/rescore.py "${RANDOM_CKPTS[@]}" "$OUT"/ft_rando
     > "$OUT/rescore_select_random.log" &
 wait
 
-candidates() { local g=$1; echo "$g|$g/wise0.25|$g/wise0.5|$g/wise0.75|$g/warmup"; }
 for select in val labs; do
     $PY benchmarks/seed_table.py "$RES"/rescore_select_{ssl,random}.json --seeds 0-5 --select "$select" \
         --row "SimCLR colour kept, LP-FT=$(candidates ft_srcbalcol18_lpft)" \
