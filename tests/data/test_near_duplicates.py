@@ -118,3 +118,10 @@ def test_bionet_holds_turned_copies_of_one_field(shared_data: Path, tmp_path: Pa
     assert by_name["LYMPHOCYTE/09.jpg"] == by_name["LYMPHOCYTE/10.jpg"] != by_name["LYMPHOCYTE/05.jpg"]
     summary = summarise(report, table.frame).iloc[0]
     assert summary["copies"] > 80  # of 361 images (102 at the time of writing)
+
+
+def test_pairs_join_into_groups_through_shared_members() -> None:
+    """A copy of a copy is one group (0-3-5), numbered by its first image; loners are -1."""
+    ids = near_duplicates_module._groups(7, [(0, 3), (3, 5), (1, 2)])
+    assert ids.tolist() == [0, 1, 1, 0, -1, 0, -1]
+    assert near_duplicates_module._groups(3, []).tolist() == [-1, -1, -1]

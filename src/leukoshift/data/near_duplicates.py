@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 DEFAULT_THRESHOLD = 0.98
 _SIDE = 32  # px compared: coarse enough that re-encoding noise averages out (shifts are not undone)
@@ -57,24 +59,18 @@ def dihedral_vectors(images: np.ndarray) -> np.ndarray:
 
 
 def _groups(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
-    """Union-find over pairs: (N,) group id per image, -1 for images in no pair."""
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
-    for i, j in pairs:
-        parent[root(i)] = root(j)
-    roots = np.array([root(i) for i in range(n)])
-    in_pair = np.zeros(n, dtype=bool)
-    for i, j in pairs:
-        in_pair[[i, j]] = True
+    """(N,) group id per image (connected components of the pairs, numbered by their first
+    image), -1 for images in no pair."""
     ids = np.full(n, -1)
-    _, numbered = np.unique(roots[in_pair], return_inverse=True)
-    ids[in_pair] = numbered
+    if not pairs:
+        return ids
+    i, j = np.array(pairs).T
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    in_pair = np.zeros(n, dtype=bool)
+    in_pair[i] = in_pair[j] = True
+    # Components are labelled in order of their lowest image; renumber the paired ones 0, 1, ...
+    _, ids[in_pair] = np.unique(component[in_pair], return_inverse=True)
     return ids
 
 
