@@ -12,13 +12,9 @@ cd "$(dirname "$0")/.."
 source benchmarks/issue4_recipe.sh
 SSL=$OUT/simclr_srcbalcol18/backbone.safetensors
 NW=(--set loss.class_weights=false)
-W=(--set head_warmup_epochs=3)
 
 for seed in ${SEEDS:-0 1 2}; do
-    finetune "ft_random_nw_seed$seed" "$seed" 1 "${NW[@]}" &
-    finetune "ft_srcbalcol18_lpft_nw_seed$seed" "$seed" 1 --init "$SSL" "${W[@]}" "${NW[@]}" &
-    wait
-    for alpha in 0.25 0.5 0.75; do $LS wise "$OUT/ft_srcbalcol18_lpft_nw_seed$seed" --alpha "$alpha"; done
+    pair "$seed" "ft_random_nw_seed$seed" "ft_srcbalcol18_lpft_nw_seed$seed" "$SSL" "${NW[@]}"
 done
 $PY benchmarks/rescore.py "$OUT"/ft_random_nw_seed*/best.ckpt \
     "$OUT"/ft_srcbalcol18_lpft_nw_seed*/{warmup,best,wise0.25,wise0.5,wise0.75}.ckpt \

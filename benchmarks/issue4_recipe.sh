@@ -48,3 +48,15 @@ simclr() {
 CANDIDATES=(warmup best wise0.25 wise0.5 wise0.75)
 ckpts() { for run in "$@"; do for c in "${CANDIDATES[@]}"; do echo "$OUT/$run/$c.ckpt"; done; done; }
 candidates() { local g=$1; echo "$g|$g/wise0.25|$g/wise0.5|$g/wise0.75|$g/warmup"; }
+
+# pair SEED RANDOM_RUN SSL_RUN BACKBONE [ARGS...]: random-init fine-tuning into RANDOM_RUN and
+# LP-FT from BACKBONE (3 head warm-up epochs) into SSL_RUN, both with ARGS, side by side on
+# one thread each; then WiSE 0.25 / 0.5 / 0.75 of the LP-FT run.
+pair() {
+    local seed=$1 random=$2 ssl=$3 init=$4
+    shift 4
+    finetune "$random" "$seed" 1 "$@" &
+    finetune "$ssl" "$seed" 1 --init "$init" --set head_warmup_epochs=3 "$@" &
+    wait
+    for alpha in 0.25 0.5 0.75; do $LS wise "$OUT/$ssl" --alpha "$alpha"; done
+}

@@ -284,3 +284,29 @@ def test_data_near_duplicates_reports_a_turned_copy_with_another_label(
     assert all(p.is_file() for p in kept.abs_paths)
     code, _, err = run([*argv, "--threshold", "0.2"], capsys, monkeypatch)
     assert code == 2 and "threshold" in err
+
+
+def test_data_ruler_measures_each_lab_and_names_the_unmeasurable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.domain.test_ruler import field
+
+    rows = []
+    for i in range(8):  # lab_x: lone red cells 24 px across; lab_y: the same cells cropped tight
+        for source, rgb in (("lab_x", field(1.0, seed=i)), ("lab_y", field(1.0, seed=i)[50:110, 50:110])):
+            path = write_image(tmp_path / source / f"{i}.png", rgb=rgb)
+            rows.append({"path": str(path), "label": "LY", "source": source, "split": "train", "sha1": f"{source}{i}"})
+    broken = tmp_path / "lab_x" / "broken.png"
+    broken.write_bytes(b"not a png")
+    rows.append({"path": str(broken), "label": "LY", "source": "lab_x", "split": "train", "sha1": "b"})
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    code, out, err = run(["data", "ruler", str(manifest)], capsys, monkeypatch)
+    assert code == 0, err
+    assert re.search(r"skipped: .*broken\.png", out), out
+    assert re.search(r"lab_x\s+8\s+48\s+2[34]\.\d\s+1\.\d+\s+ok", out), out  # 6 lone cells per image
+    assert re.search(r"lab_y\s+8\s+\d\s+-\s+-\s+not measurable", out), out
+    assert re.search(r"--set image\.preprocess=ruler --set 'image\.red_cell_px=\{lab_x: 2[34]\.\d\}'", out), out
+    assert "need their scale set by hand" in out
+    code, _, err = run(["data", "ruler", str(manifest), "--per-source", "0"], capsys, monkeypatch)
+    assert code == 2 and "per-source" in err

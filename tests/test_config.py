@@ -132,3 +132,21 @@ def test_custom_sections_are_strict_too() -> None:
 
     assert load_config(Small, None, ["image.size=32"]).image.size == 32
     assert error_of(Small, None, ["image.sizes=32"]) == "--set: unknown key 'image.sizes'"
+
+
+def test_ruler_scales_parse_from_set_and_bad_ones_name_the_field() -> None:
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        ["data.image.preprocess=ruler", "data.image.red_cell_px={pbc: 23.5, cellavision: 70}"],
+    )
+    assert cfg.data.image.red_cell_px == {"pbc": 23.5, "cellavision": 70.0}
+    assert cfg.data.image.ruler_px("cellavision") == 70.0 and cfg.data.image.ruler_field == 3.0
+    message = error_of(FinetuneConfig, None, ["data.image.red_cell_px={pbc: -2}"])
+    assert "data.image.red_cell_px" in message and "'pbc'" in message
+    assert "data.image.ruler_field" in error_of(FinetuneConfig, None, ["data.image.ruler_field=0.5"])
+    with pytest.raises(ConfigError, match=r"no entry for source 'bionet' \(has: cellavision, pbc\)"):
+        cfg.data.image.ruler_px("bionet")
+    with pytest.raises(ConfigError, match=r"source '\(unknown\)'"):
+        cfg.data.image.ruler_px(None)
+    assert ImageConfig(red_cell_px={"*": 40}).ruler_px("anything") == 40.0

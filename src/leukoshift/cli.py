@@ -41,6 +41,13 @@ SetOpt = Annotated[
     typer.Option("--set", help="override a config value: dotted.key=value (repeatable)"),
 ]
 
+# Ruler-framed models (image.preprocess=ruler) frame each image by its lab's red-cell size.
+SourceOpt = Annotated[str | None, typer.Option(help="ruler-framed models: the images' lab, one the model knows")]
+RedCellOpt = Annotated[
+    float | None,
+    typer.Option(min=1.0, help="ruler-framed models: the images' red-cell diameter, px (`leukoshift data ruler`)"),
+]
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -198,6 +205,44 @@ def data_appearance(
     if csv is not None:
         frame.to_csv(csv, index=False)
         console.print(f"table -> {csv}", markup=False)
+
+
+@data_app.command("ruler")
+def data_ruler(
+    manifests: Annotated[list[Path], typer.Argument(help="manifest CSV(s)")],
+    per_source: Annotated[int, typer.Option(min=1, help="images drawn per source")] = 200,
+    seed: Annotated[int, typer.Option(help="seed of the draw")] = 0,
+) -> None:
+    """Each lab's red-cell diameter in px: the scale that `image.preprocess=ruler` frames
+    cells by, so a cell's size in the crop is its size on the slide in every lab."""
+    import pandas as pd
+
+    from leukoshift.data.images import load_rgb
+    from leukoshift.data.manifest import read_manifests
+    from leukoshift.domain.ruler import lab_rulers
+
+    frame, skipped = lab_rulers(read_manifests(manifests).frame, load_rgb, per_source, seed)
+    for line in skipped:
+        console.print(f"skipped: {line}", markup=False)
+    shown = frame.assign(
+        red_cell_px=frame["red_cell_px"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
+        nucleus_ratio=frame["nucleus_ratio"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+    )
+    console.print("red cells per lab (nucleus_ratio: median nucleus side / red-cell diameter)", markup=False)
+    console.print(shown.to_string(index=False), markup=False)
+    ok = frame.dropna(subset=["red_cell_px"])
+    if len(ok):
+        scales = ", ".join(f"{s}: {v:.1f}" for s, v in zip(ok["source"], ok["red_cell_px"], strict=True))
+        console.print(
+            f"--set image.preprocess=ruler --set 'image.red_cell_px={{{scales}}}'"
+            "   (finetune, ssl pretrain: data.image.*)",
+            markup=False,
+        )
+    if len(ok) < len(frame):
+        console.print(
+            "[yellow]labs marked not measurable need their scale set by hand "
+            "(from another source of the same lab and camera, or the microscope's um per px)[/yellow]"
+        )
 
 
 @data_app.command("near-duplicates")
@@ -423,6 +468,7 @@ def evaluate(
             "(AdaBN; labels unused; CNN backbones only)",
         ),
     ] = False,
+    red_cell_px: RedCellOpt = None,
 ) -> None:
     """Score a checkpoint on a manifest: metrics, confusion matrix, predictions."""
     from leukoshift.eval.evaluate import run_evaluate
@@ -438,7 +484,16 @@ def evaluate(
             validate_codes(label_set)
         except UserError as err:
             raise UserError(f"--classes: {err}") from None
-    m = run_evaluate(checkpoint, manifest, out, split=split, level=level, classes=label_set, adapt_bn=adapt_bn)
+    m = run_evaluate(
+        checkpoint,
+        manifest,
+        out,
+        split=split,
+        level=level,
+        classes=label_set,
+        adapt_bn=adapt_bn,
+        red_cell_px=red_cell_px,
+    )
     console.print(
         f"n={m['n']} level={m['level']} macro-F1 {m['macro_f1']:.3f} accuracy {m['accuracy']:.3f} "
         f"balanced accuracy {m['balanced_accuracy']:.3f} -> {out}"
@@ -451,11 +506,13 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
     out: Annotated[Path, typer.Option("--out", "-o", help="predictions CSV")] = Path("predictions.csv"),
     threshold: Annotated[float, typer.Option(help="flag predictions below this probability")] = 0.5,
+    source: SourceOpt = None,
+    red_cell_px: RedCellOpt = None,
 ) -> None:
     """Predict cell classes for image files or folders (top-3 classes and probabilities)."""
     from leukoshift.eval.evaluate import run_predict
 
-    run_predict(checkpoint, paths, out, threshold=threshold)
+    run_predict(checkpoint, paths, out, threshold=threshold, source=source, red_cell_px=red_cell_px)
 
 
 @benchmark_app.command("loso")
@@ -520,11 +577,13 @@ def explain(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for PNGs and contact sheets")],
     target: Annotated[str | None, typer.Option(help=_TARGET_HELP)] = None,
     method: Annotated[str | None, typer.Option(help=_METHOD_HELP)] = None,
+    source: SourceOpt = None,
+    red_cell_px: RedCellOpt = None,
 ) -> None:
     """Grad-CAM / attention maps beside each image, with the predicted class and probability."""
     from leukoshift.eval.explain import run_explain
 
-    run_explain(checkpoint, paths, out, target=target, method=method)
+    run_explain(checkpoint, paths, out, target=target, method=method, source=source, red_cell_px=red_cell_px)
 
 
 @app.command("app")

@@ -34,17 +34,55 @@ class ImageConfig(Strict):
     """How images become fixed-size uint8 arrays in the cache (decode once)."""
 
     size: int = Field(64, ge=8, le=1024, description="side of the square cached image, px")
-    preprocess: Literal["resize", "centre", "background"] = Field(
+    preprocess: Literal["resize", "centre", "background", "ruler"] = Field(
         "resize",
         description="resize: whole image squeezed to a square; centre: square crop around "
         "the located white cell, so a cell spans the same fraction of the image in every "
-        "lab; background: centre plus surroundings blanked (the published filtering)",
+        "lab; background: centre plus surroundings blanked (the published filtering); "
+        "ruler: square crop of ruler_field red-cell diameters around the located cell, so "
+        "a cell's size in the image is its size on the slide in every lab (needs red_cell_px)",
     )
     centre_margin: float = Field(1.8, gt=0.5, le=8.0, description="crop side / located cell size for centre")
     centre_min_fraction: float = Field(
         0.25, gt=0.0, le=1.0, description="smallest crop side as a fraction of the short side"
     )
+    red_cell_px: dict[str, float] = Field(
+        default_factory=dict,
+        description="ruler: median red-cell diameter in px per source (`leukoshift data ruler` "
+        "measures it); the key '*' serves images of any other source (predict, the app)",
+    )
+    ruler_field: float = Field(3.0, gt=1.0, le=10.0, description="ruler: crop side in red-cell diameters")
+    ruler_scale: Literal["lab", "image"] = Field(
+        "lab",
+        description="ruler: lab: the lab's red_cell_px for every image; image: each image's own red cells "
+        "set its scale where it shows at least two at a plausible size (0.6-1.7x the lab's), else the "
+        "lab's (a lab may image classes at different magnifications: Bio-net does)",
+    )
     cache_dir: Path | None = Field(None, description="where cached arrays live; default: .cache/ beside each manifest")
+
+    @field_validator("red_cell_px")
+    @classmethod
+    def _positive_px(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if not v > 0]
+        if bad:
+            raise ValueError(f"red-cell diameters must be > 0 px (source {bad[0]!r})")
+        return value
+
+    def scaled(self, red_cell_px: float | None) -> ImageConfig:
+        """This framing with every image at ``red_cell_px`` (ruler framing of images from a
+        lab the config does not name); unchanged when None."""
+        return self if red_cell_px is None else self.model_copy(update={"red_cell_px": {"*": red_cell_px}})
+
+    def ruler_px(self, source: str | None) -> float:
+        """The red-cell diameter (px) to frame an image of ``source`` with ('*' for others)."""
+        px = self.red_cell_px.get(source or "*", self.red_cell_px.get("*"))
+        if px is None:
+            known = ", ".join(sorted(self.red_cell_px)) or "none"
+            raise ConfigError(
+                f"image.red_cell_px has no entry for source {source or '(unknown)'!r} (has: {known}); "
+                "measure it with `leukoshift data ruler MANIFEST` or set '*'"
+            )
+        return px
 
 
 class ImageOnlyConfig(Strict):

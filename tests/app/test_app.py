@@ -132,6 +132,32 @@ def test_examples_data_and_loso_views(app: AppTest, app_manifest: Path, monkeypa
     assert [e.value for e in app.error] == ["/nonexistent/loso: folder not found"]
 
 
+def test_ruler_framed_model_asks_for_the_uploads_lab(
+    app_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.explain.conftest import make_checkpoint
+
+    scales = {"lab_a": 12.9, "lab_b": 9.3}  # the synthetic labs' red cells at 48 px
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", "regnetx_002", 64, preprocess="ruler", red_cell_px=scales)
+    monkeypatch.setenv(ARGS_ENV, f"--checkpoint '{ckpt}' --manifest '{app_manifest}' --k 2")
+    at = AppTest.from_file(str(SCRIPT), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    lab = next(box for box in at.sidebar.selectbox if box.label.startswith("Lab of the uploaded images"))
+    assert list(lab.options) == ["lab_a (12.9 px per red cell)", "lab_b (9.3 px per red cell)"]
+    lab.set_value("lab_b")
+    # an upload framed at lab_b's scale, beside a manifest example framed at its own lab's
+    choice = at.multiselect[0].options[0]
+    at.multiselect[0].select(choice)
+    at.file_uploader[0].set_value([("cell.png", _uploads()["cell.png"], "image/png")]).run()
+    assert not at.exception, at.exception
+    assert [s.value for s in at.subheader] == ["cell.png", choice]
+    rgb = views.read_upload("cell.png", _uploads()["cell.png"]).rgb
+    (expected,) = Explainer.from_checkpoint(ckpt).explain([rgb], ["cell.png"], source="lab_b")
+    shown = next(m for m in _texts(at.markdown) if m.startswith("**Prediction:"))
+    assert f"probability {expected.confidence:.1%}" in shown
+
+
 # ----------------------------------------------------------------------------- logic
 
 

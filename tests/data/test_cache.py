@@ -131,3 +131,29 @@ def test_cache_dir_from_config(manifest_path: Path, tmp_path: Path) -> None:
     cfg = ImageConfig(size=16, cache_dir=tmp_path / "cfgcache")
     cache = build_cache(read_manifest(manifest_path), cfg, progress=False)
     assert cache.path.parent == tmp_path / "cfgcache"
+
+
+def test_ruler_key_follows_this_manifests_lab_scale_only(manifest_path: Path, tmp_path: Path) -> None:
+    m = read_manifest(manifest_path)  # one source: pbc
+    ruler = ImageConfig(size=16, preprocess="ruler", red_cell_px={"pbc": 8.0, "bccd": 30.0})
+    base = cache_key(m, ruler)
+    assert cache_key(m, ruler.model_copy(update={"red_cell_px": {"pbc": 8.0, "bccd": 31.0}})) == base
+    assert cache_key(m, ruler.model_copy(update={"red_cell_px": {"pbc": 9.0, "bccd": 30.0}})) != base
+    assert cache_key(m, ruler.model_copy(update={"ruler_field": 4.0})) != base
+    assert cache_key(m, ruler.model_copy(update={"ruler_scale": "image"})) != base
+    built = build_cache(m, ruler, cache_dir=tmp_path / "c", progress=False)
+    assert built.open().shape == (12, 3, 16, 16) and not built.failed
+
+
+def test_ruler_without_the_labs_scale_fails_before_reading_images(manifest_path: Path, tmp_path: Path) -> None:
+    from leukoshift.config import ConfigError
+    from leukoshift.data.cache import check_framing
+
+    ruler = ImageConfig(size=16, preprocess="ruler", red_cell_px={"bccd": 30.0})
+    with pytest.raises(ConfigError, match=r"m\.csv: image\.red_cell_px has no entry for source 'pbc' \(has: bccd\)"):
+        check_framing(ruler, [manifest_path])
+    with pytest.raises(ConfigError, match="no entry for source 'pbc'"):
+        build_cache(read_manifest(manifest_path), ruler, cache_dir=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+    check_framing(ruler.model_copy(update={"red_cell_px": {"*": 9.0}}), [manifest_path])  # '*' serves any lab
+    check_framing(ImageConfig(size=16, preprocess="centre"), [manifest_path])  # other framings: nothing to check

@@ -87,3 +87,60 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_ruler_framed_run_trains_and_predicts_with_each_labs_scale(synth_manifest: Path, tmp_path: Path) -> None:
+    from leukoshift.config import ConfigError, FinetuneConfig, load_config
+    from leukoshift.finetune.train import check_config, run_finetune
+
+    # The synthetic labs at 40 px: red cells 7.5 um, 40 px = 28 um / magnification.
+    scales = "{lab_a: 10.7, lab_b: 7.7}"
+    overrides = [
+        f"data.manifests=[{synth_manifest}]",
+        f"out={tmp_path / 'run'}",
+        "model.backbone=regnetx_002",
+        "data.image.size=32",
+        "data.image.preprocess=ruler",
+        f"data.image.red_cell_px={scales}",
+        "data.batch_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+    ]
+    missing = load_config(FinetuneConfig, None, [*overrides, "data.image.red_cell_px={lab_a: 10.7}"])
+    with pytest.raises(ConfigError, match="no entry for source 'lab_b'"):
+        check_config(missing)  # before any image is read or model built
+    run = run_finetune(load_config(FinetuneConfig, None, overrides), progress=False)
+    folder = synth_manifest.parent / "lab_b" / "PBC_dataset_normal_DIB" / "basophil"
+    with pytest.raises(ConfigError, match=r"source '\(unknown\)'.*set '\*'"):
+        run_predict(run / "best.ckpt", [folder], tmp_path / "p.csv")
+    by_source = run_predict(run / "best.ckpt", [folder], tmp_path / "p.csv", source="lab_b")
+    by_px = run_predict(run / "best.ckpt", [folder], tmp_path / "q.csv", red_cell_px=7.7)
+    assert len(by_source) == len(list(folder.glob("*.jpg"))) > 0
+    # The lab's scale from training and the same scale given by hand frame alike.
+    assert np.allclose(by_source["prob_1"], by_px["prob_1"], atol=1e-5)
+    other = run_predict(run / "best.ckpt", [folder], tmp_path / "r.csv", red_cell_px=20.0)
+    assert not np.allclose(other["prob_1"], by_px["prob_1"], atol=1e-3)  # the scale is used
+    # Scoring a lab the model has no scale for: refused, or framed at the scale given.
+    lab_c = tmp_path / "lab_c.csv"
+    frame = pd.read_csv(synth_manifest, dtype=str, keep_default_na=False)
+    frame = frame[frame["source"] == "lab_b"].assign(source="lab_c")
+    frame["path"] = [str(synth_manifest.parent / p) for p in frame["path"]]
+    frame.to_csv(lab_c, index=False)
+    with pytest.raises(ConfigError, match="lab_c.csv: image.red_cell_px has no entry for source 'lab_c'"):
+        run_evaluate(run / "best.ckpt", [lab_c], tmp_path / "e0", split="all")
+    as_b = run_evaluate(run / "best.ckpt", [synth_manifest], tmp_path / "e1", split="all")
+    as_c = run_evaluate(run / "best.ckpt", [lab_c], tmp_path / "e2", split="all", red_cell_px=7.7)
+    b_rows = pd.read_csv(tmp_path / "e1" / "predictions.csv").iloc[-len(frame) :]
+    assert as_c["n"] == len(frame) < as_b["n"]
+    assert list(pd.read_csv(tmp_path / "e2" / "predictions.csv")["pred"]) == list(b_rows["pred"])
+    # Explanations frame the same way, and refuse to guess a scale.
+    from leukoshift.eval.explain import run_explain
+
+    with pytest.raises(ConfigError, match="no entry for source"):
+        run_explain(run / "best.ckpt", [folder], tmp_path / "none")
+    assert not (tmp_path / "none").exists()  # refused before any image was read
+    explained = run_explain(run / "best.ckpt", [folder], tmp_path / "ex", source="lab_b")
+    table = pd.read_csv(tmp_path / "ex" / "explanations.csv")
+    assert len(table) == len(explained.table) == len(by_source)
+    assert sorted(table["predicted"]) == sorted(by_source["pred_1"])

@@ -191,3 +191,20 @@ def test_test_time_fixes_rescore_a_finished_benchmark(
     # Once rescored, a rerun does neither.
     monkeypatch.setattr(Loso, "_score_variants", no_training)
     run_loso(fixed, progress=False)
+
+
+def test_ruler_framing_reaches_pretraining_and_a_missing_scale_stops_loso_first(
+    synth_manifest: Path, tmp_path: Path
+) -> None:
+    scales = {"lab_a": 10.7, "lab_b": 7.7}
+    ruler = {"size": 32, "preprocess": "ruler", "red_cell_px": scales, "ruler_field": 3.5, "ruler_scale": "image"}
+    loso = Loso(_cfg(synth_manifest, tmp_path / "a", {"dino+ft": {"kind": "ssl"}}, image=ruler))
+    pre = loso.pretrain_config(Task("lab_a", "dino+ft", 0)).data.image
+    assert pre.preprocess == "ruler" and pre.red_cell_px == scales and pre.ruler_field == 3.5
+    assert pre.ruler_scale == "image"
+    assert loso.finetune_config(Task("lab_a", "dino+ft", 0)).data.image.red_cell_px == scales
+    missing = {**ruler, "red_cell_px": {"lab_a": 10.7}}
+    cfg = _cfg(synth_manifest, tmp_path / "b", {"supervised": {"kind": "finetune"}}, image=missing)
+    with pytest.raises(ConfigError, match="no entry for source 'lab_b'"):
+        run_loso(cfg, progress=False)
+    assert not list((tmp_path / "b").rglob("*.ckpt"))  # nothing trained

@@ -126,6 +126,14 @@ def predict_view(settings: AppSettings) -> None:
             format_func=lambda c: "the predicted class" if c == "predicted" else f"{c} {FINE_NAMES[c]}",
         )
         k = st.slider("Similar training images", 1, 16, settings.k, disabled=gallery is None)
+        upload_source = None
+        if explainer.image.preprocess == "ruler":
+            # ruler framing needs the uploads' scale: the red-cell size of a lab the model knows
+            upload_source = st.selectbox(
+                "Lab of the uploaded images (its red-cell size sets the framing)",
+                sorted(explainer.image.red_cell_px),
+                format_func=lambda s: f"{s} ({explainer.image.red_cell_px[s]:g} px per red cell)",
+            )
     st.caption(
         f"Model: {explainer.backbone_name}, {explainer.image.size} px, "
         f"framing `{explainer.image.preprocess}`. "
@@ -141,13 +149,13 @@ def predict_view(settings: AppSettings) -> None:
     if choices is not None:
         picked = st.multiselect("…or examples from the manifests", list(choices["choice"]))
 
-    items: list[tuple[str, object, list[str], str | None]] = []  # name, rgb, notes, exclude path
+    items: list[tuple[str, object, list[str], str | None, str | None]] = []  # name, rgb, notes, exclude, lab
     for f in files or []:
         upload = views.read_upload(f.name, f.getvalue())
         if upload.error is not None:
             st.error(upload.error)
             continue
-        items.append((upload.name, upload.rgb, upload.notes, None))
+        items.append((upload.name, upload.rgb, upload.notes, None, upload_source))
     if choices is not None:
         for choice in picked:
             row = choices[choices["choice"] == choice].iloc[0]
@@ -155,21 +163,29 @@ def predict_view(settings: AppSettings) -> None:
             if upload.error is not None:
                 st.error(upload.error)
                 continue
-            items.append((choice, upload.rgb, upload.notes, str(row["path"])))
+            items.append((choice, upload.rgb, upload.notes, str(row["path"]), str(row["source"])))
     if not items:
         st.info("Upload cell images or pick examples to see predictions, explanations and similar training images.")
         return
+    results: list[views.Result | None] = [None] * len(items)
     with st.spinner("Predicting and explaining…"), model_lock(str(settings.checkpoint)):
-        results = views.analyse(
-            explainer,
-            [(name, rgb) for name, rgb, _, _ in items],  # type: ignore[misc]
-            gallery=gallery,
-            k=k,
-            target=None if target == "predicted" else target,
-            method=method,
-            exclude=[ex for *_, ex in items],
-        )
-    for result, (_, _, notes, _) in zip(results, items, strict=True):
+        # One call per lab: each image is framed at its own lab's scale (ruler framing).
+        for lab in dict.fromkeys(item[4] for item in items):
+            idx = [i for i, item in enumerate(items) if item[4] == lab]
+            part = views.analyse(
+                explainer,
+                [(items[i][0], items[i][1]) for i in idx],  # type: ignore[misc]
+                gallery=gallery,
+                k=k,
+                target=None if target == "predicted" else target,
+                method=method,
+                exclude=[items[i][3] for i in idx],
+                source=lab,
+            )
+            for i, result in zip(idx, part, strict=True):
+                results[i] = result
+    for result, (_, _, notes, _, _) in zip(results, items, strict=True):
+        assert result is not None
         result.notes = notes
         show_result(result, explainer, gallery)
 

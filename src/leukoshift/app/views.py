@@ -227,7 +227,7 @@ def _label_name(code: str) -> str:
 def neighbour_image(gallery: Gallery, explainer: Explainer, row: int) -> np.ndarray:
     """A neighbour framed like the query, at display size; the cached pixels if its file is gone."""
     try:
-        return explainer.frame(load_rgb(gallery.frame["path"].iloc[row]))[1]
+        return explainer.frame(load_rgb(gallery.frame["path"].iloc[row]), str(gallery.frame["source"].iloc[row]))[1]
     except (UserError, OSError):
         return np.ascontiguousarray(gallery.table.images([row])[0].transpose(1, 2, 0))
 
@@ -260,12 +260,14 @@ def analyse(
     target: str | None = None,
     method: str | None = None,
     exclude: Sequence[str | None] | None = None,
+    source: str | None = None,
 ) -> list[Result]:
-    """Predict, explain and find neighbours for named RGB images."""
+    """Predict, explain and find neighbours for named RGB images (of lab ``source``: the
+    scale ruler framing uses)."""
     if not images:
         return []
     names = [n for n, _ in images]
-    exps = explainer.explain([rgb for _, rgb in images], names, target=target, method=method)
+    exps = explainer.explain([rgb for _, rgb in images], names, target=target, method=method, source=source)
     feats = explainer.features([e.framed for e in exps]) if gallery is not None else None
     results = []
     for i, exp in enumerate(exps):

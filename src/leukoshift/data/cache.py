@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from leukoshift.config import ImageConfig
+from leukoshift.config import ConfigError, ImageConfig
 from leukoshift.data.images import ImageReadError, load_rgb, prepare_image
-from leukoshift.data.manifest import Manifest
+from leukoshift.data.manifest import Manifest, read_manifest
 from leukoshift.domain.centre import LOCATOR_VERSION
 from leukoshift.progress import progress_iter
 
@@ -43,9 +44,27 @@ def cache_key(manifest: Manifest, cfg: ImageConfig) -> str:
     }
     if cfg.preprocess != "resize":
         settings.update(margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction, locator=LOCATOR_VERSION)
+    if cfg.preprocess == "ruler":
+        # Only the scales of this manifest's sources: measuring another lab keeps this cache.
+        scales = {s: cfg.ruler_px(s) for s in manifest.sources}
+        settings.update(field=cfg.ruler_field, red_cell_px=scales)
+        if cfg.ruler_scale != "lab":  # absent for the first (lab) mode: its caches stay valid
+            settings["scale"] = cfg.ruler_scale
     h = hashlib.sha1(manifest.digest().encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     return f"{cfg.preprocess}{cfg.size}-{h.hexdigest()[:16]}"
+
+
+def check_framing(cfg: ImageConfig, manifests: Sequence[Path | str]) -> None:
+    """Fail before any image is read when ``ruler`` framing lacks a manifest's lab scale."""
+    if cfg.preprocess != "ruler":
+        return
+    for path in manifests:
+        for source in read_manifest(path).sources:
+            try:
+                cfg.ruler_px(source)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -93,10 +112,12 @@ def _fill(
     boxes = np.zeros((n, 5), dtype=np.int32) if cfg.preprocess != "resize" else None
     failed: list[int] = []
 
+    sources = manifest.frame["source"].astype(str).tolist()
+
     def work(i_path: tuple[int, Path]) -> tuple[int, np.ndarray | str, object]:
         i, p = i_path
         try:
-            img, box = prepare_image(load_rgb(p), cfg)
+            img, box = prepare_image(load_rgb(p), cfg, sources[i])
         except ImageReadError as exc:
             return i, str(exc), None
         return i, img, box

@@ -14,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from leukoshift.config import ImageConfig
 from leukoshift.domain.centre import Box, blank_background, centre_crop, locate_cell
+from leukoshift.domain.ruler import image_scale
 from leukoshift.errors import UserError
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
@@ -101,12 +102,21 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
-def prepare_image(rgb: np.ndarray, cfg: ImageConfig) -> tuple[np.ndarray, Box | None]:
-    """Raw RGB -> the (size, size, 3) uint8 model input, and the located cell box (if any)."""
+def prepare_image(rgb: np.ndarray, cfg: ImageConfig, source: str | None = None) -> tuple[np.ndarray, Box | None]:
+    """Raw RGB -> the (size, size, 3) uint8 model input, and the located cell box (if any).
+
+    ``source`` (the lab) matters to ``ruler`` framing only, whose crop side is
+    ``cfg.ruler_field`` red-cell diameters: the image's own (``ruler_scale: image``, where
+    measurable) or its lab's (``cfg.red_cell_px``).
+    """
     if cfg.preprocess == "resize":
         return resize_square(rgb, cfg.size), None
+    side = None
+    if cfg.preprocess == "ruler":
+        px = cfg.ruler_px(source)
+        side = round(cfg.ruler_field * (image_scale(rgb, px) if cfg.ruler_scale == "image" else px))
     box = locate_cell(rgb)
     if cfg.preprocess == "background":
         rgb = blank_background(rgb, box)
-    crop = centre_crop(rgb, box, margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction)
+    crop = centre_crop(rgb, box, margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction, side=side)
     return resize_square(crop, cfg.size), box

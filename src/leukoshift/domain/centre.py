@@ -284,19 +284,24 @@ def crop_window(
     margin: float,
     min_fraction: float,
     max_shift: float = _MAX_SHIFT,
+    side: int | None = None,
 ) -> tuple[int, int, int]:
     """(x0, y0, side) of the square crop around ``box`` (may extend past the image).
 
     The window is ``margin`` times the box side (at least ``min_fraction`` of the short
-    side) and is slid towards the inside of the image by up to ``max_shift`` of its side:
-    a cell cut by the frame is then shown off-centre by a little rather than mirrored
-    into a double.
+    side), or ``side`` pixels when given (a fixed physical field, see
+    :mod:`leukoshift.domain.ruler`), and is slid towards the inside of the image by up to
+    ``max_shift`` of its side: a cell cut by the frame is then shown off-centre by a
+    little rather than mirrored into a double.
     """
     h, w = shape[:2]
     if not box.found:
-        side = min(h, w)
-        return (w - side) // 2, (h - side) // 2, side
-    side = max(round(max(box.side * margin, min_fraction * min(h, w))), 1)
+        if side is None:
+            side = min(h, w)
+            return (w - side) // 2, (h - side) // 2, side
+        return _place(w / 2, side, w, max_shift), _place(h / 2, side, h, max_shift), side
+    if side is None:
+        side = max(round(max(box.side * margin, min_fraction * min(h, w))), 1)
     cx, cy = box.centre
     return _place(cx, side, w, max_shift), _place(cy, side, h, max_shift), side
 
@@ -314,13 +319,15 @@ def centre_crop(
     margin: float = 1.8,
     min_fraction: float = 0.25,
     max_shift: float = _MAX_SHIFT,
+    side: int | None = None,
 ) -> np.ndarray:
-    """Square crop centred on the cell; parts outside the image are mirrored in.
+    """Square crop centred on the cell (``side`` px when given, see :func:`crop_window`);
+    parts outside the image are mirrored in.
 
     Mirroring rather than a constant fill keeps the border's texture (red cells, plasma)
     so the network sees no artificial frame whose width would betray the lab.
     """
-    x0, y0, side = crop_window(box, rgb.shape, margin, min_fraction, max_shift)
+    x0, y0, side = crop_window(box, rgb.shape, margin, min_fraction, max_shift, side)
     h, w = rgb.shape[:2]
     if x0 >= 0 and y0 >= 0 and x0 + side <= w and y0 + side <= h:
         return rgb[y0 : y0 + side, x0 : x0 + side]

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from leukoshift.config import ImageConfig
+from leukoshift.data.cache import check_framing
 from leukoshift.data.images import ImageReadError, load_rgb, prepare_image
 from leukoshift.data.importers import IMAGE_EXTENSIONS
 from leukoshift.data.loaders import ImageTable, load_table
@@ -80,6 +81,7 @@ def run_evaluate(
     batch_size: int = 256,
     classes: Sequence[str] | None = None,
     adapt_bn: bool = False,
+    red_cell_px: float | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` on the labelled rows of ``split`` and write everything to ``out``.
 
@@ -87,13 +89,15 @@ def run_evaluate(
     restricted to it before scoring (:func:`~leukoshift.eval.metrics.restrict_to`), in
     ``predictions.csv`` as well. ``adapt_bn``: each source's rows are predicted by a copy
     of the model whose batch-norm statistics are re-estimated on that source's images
-    (:mod:`leukoshift.eval.adapt`; labels unused).
+    (:mod:`leukoshift.eval.adapt`; labels unused). ``red_cell_px``: ruler-framed models
+    frame every row at this scale (a lab the model was not given a scale for).
     """
     from leukoshift.eval.plots import confusion_png
     from leukoshift.training import write_json
 
     model = load_classifier(checkpoint)
-    image = image_config_of(model)
+    image = image_config_of(model).scaled(red_cell_px)
+    check_framing(image, manifests)
     table = load_table(manifests, image, split=split, labelled=True)
     if len(table) == 0:
         raise UserError(f"no labelled rows in split {split!r} of {', '.join(map(str, manifests))} (try --split all)")
@@ -150,15 +154,24 @@ def run_predict(
     out_csv: Path,
     threshold: float = 0.5,
     batch_size: int = 64,
+    source: str | None = None,
+    red_cell_px: float | None = None,
 ) -> pd.DataFrame:
-    """Predict files and folders; unreadable files are listed and skipped, never fatal."""
+    """Predict files and folders; unreadable files are listed and skipped, never fatal.
+
+    A ``ruler``-framed model frames the images by ``red_cell_px`` when given, else by the
+    scale it was trained with for ``source`` (or its '*' entry); neither: one-line error
+    before any image is read.
+    """
     model = load_classifier(checkpoint)
-    image = image_config_of(model)
+    image = image_config_of(model).scaled(red_cell_px)
+    if image.preprocess == "ruler":
+        image.ruler_px(source)
     files, skipped = collect_images(paths)
     arrays, kept = [], []
     for f in files:
         try:
-            arr, _ = prepare_image(load_rgb(f), image)
+            arr, _ = prepare_image(load_rgb(f), image, source)
         except ImageReadError as exc:
             skipped.append((f, str(exc).split(": ", 1)[-1]))
             continue

@@ -376,25 +376,31 @@ class Explanation:
 class Explainer:
     """A classifier ready to explain raw RGB images, framed as it was trained."""
 
-    def __init__(self, model: ClassifierModule, method: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, model: ClassifierModule, method: str | None = None, device: str = "cpu", red_cell_px: float | None = None
+    ) -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.backbone_name: str = model.backbone_name
-        self.image: ImageConfig = model.cfg.data.image
+        # ruler framing: red_cell_px frames every image at that scale (a lab not trained on)
+        self.image: ImageConfig = model.cfg.data.image.scaled(red_cell_px)
         self.method = check_method(method, self.backbone_name)
         self.methods = METHODS[family(self.backbone_name)]
         self._display = self.image.model_copy(update={"size": max(DISPLAY_SIZE, self.image.size)})
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str, method: str | None = None) -> Explainer:
+    def from_checkpoint(
+        cls, path: Path | str, method: str | None = None, red_cell_px: float | None = None
+    ) -> Explainer:
         from leukoshift.eval.evaluate import default_device, load_classifier
 
-        return cls(load_classifier(path), method, default_device())
+        return cls(load_classifier(path), method, default_device(), red_cell_px)
 
-    def frame(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw RGB -> (model input, the same framing at display size), both uint8."""
-        framed, _ = prepare_image(rgb, self.image)
-        display, _ = prepare_image(rgb, self._display)
+    def frame(self, rgb: np.ndarray, source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw RGB -> (model input, the same framing at display size), both uint8;
+        ``source``: the image's lab, for ruler framing."""
+        framed, _ = prepare_image(rgb, self.image, source)
+        display, _ = prepare_image(rgb, self._display, source)
         return framed, display
 
     def _tensor(self, framed: Sequence[np.ndarray]) -> Tensor:
@@ -418,13 +424,16 @@ class Explainer:
         target: str | None = None,
         method: str | None = None,
         batch_size: int = 16,
+        source: str | None = None,
     ) -> list[Explanation]:
-        """Explain raw RGB images; ``target`` a class code (default: each image's prediction)."""
+        """Explain raw RGB images of one lab (``source``: for ruler framing); ``target`` a
+        class code (default: each image's prediction)."""
         method = check_method(method or self.method, self.backbone_name)
         fixed = parse_target(target)
         out: list[Explanation] = []
         for start in range(0, len(rgbs), batch_size):
-            framed, display = zip(*(self.frame(r) for r in rgbs[start : start + batch_size]), strict=True)
+            chunk = rgbs[start : start + batch_size]
+            framed, display = zip(*(self.frame(r, source) for r in chunk), strict=True)
             probs = self.probabilities(framed)
             targets = [fixed if fixed is not None else int(p.argmax()) for p in probs]
             maps = explain_tensor(self.model, self._tensor(framed), method, targets)
@@ -530,6 +539,8 @@ def run_explain(
     method: str | None = None,
     batch_size: int = 16,
     sheet_size: int = 48,
+    source: str | None = None,
+    red_cell_px: float | None = None,
 ) -> ExplainResult:
     """Explain files and folders; unreadable inputs are listed and skipped, never fatal.
 
@@ -540,7 +551,9 @@ def run_explain(
     if not Path(checkpoint).is_file():
         raise UserError(f"--checkpoint {checkpoint}: file not found")
     parse_target(target)  # a bad code fails before the model loads
-    explainer = Explainer.from_checkpoint(checkpoint, method)
+    explainer = Explainer.from_checkpoint(checkpoint, method, red_cell_px)
+    if explainer.image.preprocess == "ruler":
+        explainer.image.ruler_px(source)  # a scale to frame by, before any image is read
     inputs, skipped = _inputs(paths)
     rows: list[dict[str, Any]] = []
     by_folder: dict[Path, list[Explanation]] = {}
@@ -557,7 +570,7 @@ def run_explain(
             continue
         names = [str(f.relative_to(folder)) if folder else f.name for f, _, folder in chunk]
         for (f, stem, folder), exp in zip(
-            chunk, explainer.explain(rgbs, names, target, batch_size=batch_size), strict=True
+            chunk, explainer.explain(rgbs, names, target, batch_size=batch_size, source=source), strict=True
         ):
             png = explanation_png(exp, out / stem.with_suffix(".png"))
             if folder is not None:

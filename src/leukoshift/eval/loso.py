@@ -43,6 +43,7 @@ from leukoshift.config import (
     config_to_dict,
     save_config,
 )
+from leukoshift.data.cache import check_framing
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.data.manifest import read_manifests
 from leukoshift.errors import UserError
@@ -205,7 +206,10 @@ class Loso:
         method = self.cfg.methods[task.method]
         data = deep_merge(self.cfg.pretrain, method.pretrain)
         finetune_model = deep_merge(self.cfg.finetune, method.finetune).get("model", {})
-        framing = self.cfg.image.model_dump(mode="json", include={"preprocess", "centre_margin", "centre_min_fraction"})
+        framing = self.cfg.image.model_dump(
+            mode="json",
+            include={"preprocess", "centre_margin", "centre_min_fraction", "red_cell_px", "ruler_field", "ruler_scale"},
+        )
         base = {
             "model": {
                 "backbone": finetune_model.get("backbone", "resnet18"),
@@ -455,6 +459,7 @@ def run_loso(
     from leukoshift.progress import progress_iter
 
     loso = Loso(cfg)
+    check_framing(cfg.image, [*cfg.labelled, *cfg.unlabeled])
     if methods:
         unknown = sorted(set(methods) - set(cfg.methods))
         if unknown:

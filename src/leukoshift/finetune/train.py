@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 import leukoshift
 from leukoshift.config import FinetuneConfig, TrainerConfig, config_to_dict, save_config
+from leukoshift.data.cache import check_framing
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.data.manifest import ManifestError
 from leukoshift.errors import UserError
@@ -61,6 +62,7 @@ def check_config(cfg: FinetuneConfig) -> None:
             raise UserError(f"{path}: manifest not found")
     if cfg.model.init is not None and not Path(cfg.model.init).is_file():
         raise UserError(f"model.init: {cfg.model.init}: weights file not found")
+    check_framing(cfg.data.image, [*cfg.data.manifests, *cfg.data.external])
 
 
 def load_tables(cfg: FinetuneConfig, progress: bool = True) -> FinetuneTables:

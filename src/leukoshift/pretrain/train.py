@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 import leukoshift
 from leukoshift.config import PretrainConfig, config_to_dict, save_config
+from leukoshift.data.cache import check_framing
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.data.manifest import ManifestError
 from leukoshift.errors import UserError
@@ -53,6 +54,7 @@ def check_config(cfg: PretrainConfig) -> None:
             raise UserError(f"{path}: manifest not found")
     if cfg.model.init is not None and not Path(cfg.model.init).is_file():
         raise UserError(f"model.init: {cfg.model.init}: weights file not found")
+    check_framing(cfg.data.image, [*pool, *cfg.monitor.manifests])
     if cfg.data.image.size < cfg.multicrop.global_size // 2:
         raise UserError(
             f"data.image.size {cfg.data.image.size} is far below multicrop.global_size "
