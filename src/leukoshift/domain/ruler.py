@@ -9,7 +9,9 @@ fixed crop in pixels does not help either: labs image at different magnification
 Red cells do. A normal red cell is about 7.5 um across in every smear, and most fields
 show some, so the median red-cell diameter in a lab's images is that lab's scale. The
 ``ruler`` preprocessing crops ``ruler_field`` red-cell diameters around the located
-nucleus, so a cell's size in the crop is its size on the slide in every lab.
+nucleus, so a cell's size in the crop is its size on the slide in every lab; with
+``ruler_scale: image`` an image that shows its own red cells is framed by them
+(:func:`image_scale`), for labs that imaged some classes closer than others.
 
 Measuring, on a copy reduced as the locator reduces it: pixels that absorb light
 (background-relative optical density above half its Otsu level) but are not white-cell
