@@ -16,6 +16,7 @@ NW=(--set loss.class_weights=false)
 for seed in ${SEEDS:-0 1 2}; do
     pair "$seed" "ft_random_nw_seed$seed" "ft_srcbalcol18_lpft_nw_seed$seed" "$SSL" "${NW[@]}"
 done
+mapfile -t SSL_CKPTS < <(for run in "$OUT"/ft_srcbalcol18_lpft_nw_seed*/; do ckpts "$(basename "$run")"; done)
 $PY benchmarks/rescore.py "$OUT"/ft_random_nw_seed*/best.ckpt \
-    "$OUT"/ft_srcbalcol18_lpft_nw_seed*/{warmup,best,wise0.25,wise0.5,wise0.75}.ckpt \
+    "${SSL_CKPTS[@]}" \
     --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_noweights.json"

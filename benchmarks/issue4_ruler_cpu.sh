@@ -26,6 +26,7 @@ RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$SCALES" 
 for seed in ${SEEDS:-0 1}; do
     pair "$seed" "ft_random_${TAG}_seed$seed" "ft_srcbalcol18_lpft_${TAG}_seed$seed" "$SSL" "${RULER[@]}"
 done
+mapfile -t SSL_CKPTS < <(for run in "$OUT"/ft_srcbalcol18_lpft_${TAG}_seed*/; do ckpts "$(basename "$run")"; done)
 $PY benchmarks/rescore.py "$OUT"/ft_random_${TAG}_seed*/best.ckpt \
-    "$OUT"/ft_srcbalcol18_lpft_${TAG}_seed*/{warmup,best,wise0.25,wise0.5,wise0.75}.ckpt \
+    "${SSL_CKPTS[@]}" \
     --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_${TAG}.json"
