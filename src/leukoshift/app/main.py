@@ -169,9 +169,12 @@ def predict_view(settings: AppSettings) -> None:
         return
     results: list[views.Result | None] = [None] * len(items)
     with st.spinner("Predicting and explaining…"), model_lock(str(settings.checkpoint)):
-        # One call per lab: each image is framed at its own lab's scale (ruler framing).
-        for lab in dict.fromkeys(item[4] for item in items):
-            idx = [i for i, item in enumerate(items) if item[4] == lab]
+        # Ruler framing frames each image at its lab's scale: one call per lab. Other
+        # framings ignore the lab, so all images go in one call (one feature batch).
+        ruler = explainer.image.preprocess == "ruler"
+        labs = [item[4] if ruler else None for item in items]
+        for lab in dict.fromkeys(labs):
+            idx = [i for i, x in enumerate(labs) if x == lab]
             part = views.analyse(
                 explainer,
                 [(items[i][0], items[i][1]) for i in idx],  # type: ignore[misc]
