@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from leukoshift.config import ImageConfig
-from leukoshift.data.images import ImageReadError, load_rgb, prepare_image
+from leukoshift.data.images import ImageReadError, frame_image, load_rgb, prepare_image, resize_square
 from leukoshift.data.synth import FRAME_UM, LAB_STYLES, render_cell
+from leukoshift.domain.centre import locate_cell, reduce_od
 from leukoshift.domain.ruler import MIN_CELLS, estimate_ruler, image_scale, lab_rulers, red_cell_diameters
 from tests.conftest import SHARED, requires_shared
 from tests.domain.test_centre import BACKGROUND, CYTOPLASM, NUCLEUS, RED_CELL, disc
@@ -149,6 +150,19 @@ def test_an_image_with_its_own_red_cells_takes_its_own_scale_within_reason() -> 
     assert dark_fraction(prepare_image(zoomed_cell, lab, "x")[0]) > 1.6 * dark_fraction(reference)
 
 
+def test_locating_and_measuring_share_one_reduction_with_unchanged_results() -> None:
+    rgb = field(1.0, nucleus_r=12)
+    reduced = reduce_od(rgb)
+    assert reduce_od(reduced) is reduced
+    assert locate_cell(reduced) == locate_cell(rgb)
+    np.testing.assert_array_equal(red_cell_diameters(reduced), red_cell_diameters(rgb))
+    assert image_scale(reduced, 24.0) == image_scale(rgb, 24.0)
+    cfg = ImageConfig(size=64, preprocess="ruler", red_cell_px={"x": 24}, ruler_scale="image")
+    crop, box = frame_image(rgb, cfg, "x")
+    assert box == locate_cell(rgb) and crop.shape[0] == crop.shape[1] == round(3.0 * image_scale(rgb, 24.0))
+    np.testing.assert_array_equal(prepare_image(rgb, cfg, "x")[0], resize_square(crop, 64))
+
+
 def test_ruler_framing_falls_back_to_star_and_names_a_missing_source() -> None:
     img = field(1.0)
     cfg = ImageConfig(size=32, preprocess="ruler", red_cell_px={"x1": 24, "*": 24})
@@ -212,7 +226,5 @@ def test_real_bccd_smears_match_their_annotated_red_cells() -> None:
 
 def test_field_helper_draws_what_the_tests_assume(tmp_path: Path) -> None:
     # Guards the helper: the centre disc is the nucleus the locator finds.
-    from leukoshift.domain.centre import locate_cell
-
     box = locate_cell(field(1.0, nucleus_r=10))
     assert box.found and abs(box.centre[0] - 80) <= 2 and 18 <= box.side <= 24

@@ -186,6 +186,8 @@ def test_explainer_frames_images_as_in_training(vit_checkpoint: Path, tmp_path: 
     (exp,) = explainer.explain([rgb], ["cell.png"], target="BA", method="grad-rollout")
     np.testing.assert_array_equal(exp.framed, prepare_image(rgb, explainer.image)[0])
     assert exp.heatmap.shape == (32, 32) and exp.display.shape == (256, 256, 3)
+    # The display is the same framing at display size, not a blow-up of the model input.
+    np.testing.assert_array_equal(exp.display, prepare_image(rgb, explainer.image.model_copy(update={"size": 256}))[0])
     assert exp.overlay().shape == (256, 256, 3)
     assert exp.target == "BA" and "basophil" in exp.explained()
     np.testing.assert_allclose(exp.probs, explainer.probabilities([exp.framed])[0], rtol=1e-6)

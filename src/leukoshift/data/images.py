@@ -1,7 +1,7 @@
 """Reading any image a lab may hand us as 8-bit RGB, and making it the model's square input.
 
 Every entry point (cache building, ``predict``, the app) goes through :func:`load_rgb`
-and :func:`prepare_image`, so a cell is framed the same way in training and in use.
+and :func:`prepare_image` (:func:`frame_image`), so a cell is framed the same way in training and in use.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from leukoshift.config import ImageConfig
-from leukoshift.domain.centre import Box, blank_background, centre_crop, locate_cell
+from leukoshift.domain.centre import Box, blank_background, centre_crop, locate_cell, reduce_od
 from leukoshift.domain.ruler import image_scale
 from leukoshift.errors import UserError
 
@@ -102,21 +102,30 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
-def prepare_image(rgb: np.ndarray, cfg: ImageConfig, source: str | None = None) -> tuple[np.ndarray, Box | None]:
-    """Raw RGB -> the (size, size, 3) uint8 model input, and the located cell box (if any).
+def frame_image(rgb: np.ndarray, cfg: ImageConfig, source: str | None = None) -> tuple[np.ndarray, Box | None]:
+    """Raw RGB -> the square crop ``cfg.preprocess`` frames (at image resolution, the whole
+    image for ``resize``), and the located cell box (if any).
 
     ``source`` (the lab) matters to ``ruler`` framing only, whose crop side is
     ``cfg.ruler_field`` red-cell diameters: the image's own (``ruler_scale: image``, where
     measurable) or its lab's (``cfg.red_cell_px``).
     """
     if cfg.preprocess == "resize":
-        return resize_square(rgb, cfg.size), None
+        return rgb, None
+    reduced = reduce_od(rgb)  # locating the cell and measuring red cells share it
     side = None
     if cfg.preprocess == "ruler":
         px = cfg.ruler_px(source)
-        side = round(cfg.ruler_field * (image_scale(rgb, px) if cfg.ruler_scale == "image" else px))
-    box = locate_cell(rgb)
+        side = round(cfg.ruler_field * (image_scale(reduced, px) if cfg.ruler_scale == "image" else px))
+    box = locate_cell(reduced)
     if cfg.preprocess == "background":
         rgb = blank_background(rgb, box)
     crop = centre_crop(rgb, box, margin=cfg.centre_margin, min_fraction=cfg.centre_min_fraction, side=side)
+    return crop, box
+
+
+def prepare_image(rgb: np.ndarray, cfg: ImageConfig, source: str | None = None) -> tuple[np.ndarray, Box | None]:
+    """Raw RGB -> the (size, size, 3) uint8 model input (:func:`frame_image` resized), and
+    the located cell box (if any)."""
+    crop, box = frame_image(rgb, cfg, source)
     return resize_square(crop, cfg.size), box

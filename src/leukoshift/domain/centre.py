@@ -101,6 +101,25 @@ def _optical_density(rgb: np.ndarray) -> np.ndarray:
     return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
 
 
+@dataclass(frozen=True)
+class Reduced:
+    """An image's optical density on the locator's reduced copy, with the reduction
+    ``factor`` and the full image's ``shape`` (h, w): what locating the cell and measuring
+    its red cells (:mod:`leukoshift.domain.ruler`) both start from, computed once."""
+
+    od: np.ndarray
+    factor: int
+    shape: tuple[int, int]
+
+
+def reduce_od(rgb: np.ndarray | Reduced) -> Reduced:
+    """The :class:`Reduced` view of an RGB image (passed through if it already is one)."""
+    if isinstance(rgb, Reduced):
+        return rgb
+    small, factor = _reduce(rgb)
+    return Reduced(_optical_density(small), factor, (rgb.shape[0], rgb.shape[1]))
+
+
 def _nucleus_score_od(od: np.ndarray) -> np.ndarray:
     score = od[..., 1] - od[..., 2]
     if np.ptp(score) < _MIN_CONTRAST:
@@ -240,11 +259,11 @@ def _bbox(mask: np.ndarray, factor: int, shape: tuple[int, int]) -> tuple[int, i
     )
 
 
-def locate_cell(rgb: np.ndarray) -> Box:
-    """Box of the white-cell nucleus (see the module docstring); the whole image if none."""
-    h, w = rgb.shape[:2]
-    small, factor = _reduce(rgb)
-    od = _optical_density(small)
+def locate_cell(rgb: np.ndarray | Reduced) -> Box:
+    """Box of the white-cell nucleus (see the module docstring); the whole image if none.
+    Takes the RGB image or its :func:`reduce_od`."""
+    reduced = reduce_od(rgb)
+    (h, w), factor, od = reduced.shape, reduced.factor, reduced.od
     found = _nuclear_components(_nucleus_score_od(od))
     if found is None:
         return Box(0, 0, w, h, found=False)

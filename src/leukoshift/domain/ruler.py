@@ -42,13 +42,13 @@ from scipy import ndimage
 
 from leukoshift.domain.centre import (
     _SQUARE,
+    Reduced,
     _cell_mask,
     _fill_holes,
     _histogram,
-    _optical_density,
     _otsu,
-    _reduce,
     locate_cell,
+    reduce_od,
 )
 from leukoshift.errors import UserError
 
@@ -61,11 +61,12 @@ MIN_IMAGE_CELLS = 2  # an image measures its own scale from at least this many r
 IMAGE_RANGE = (0.6, 1.7)  # ... when their median lies within this x the lab's scale
 
 
-def red_cell_diameters(rgb: np.ndarray) -> np.ndarray:
-    """Area-equivalent diameters (px of ``rgb``) of the whole, lone red cells in an image."""
-    small, factor = _reduce(rgb)
-    od = _optical_density(small)
-    od = od - np.percentile(od.reshape(-1, 3), 3, axis=0)  # relative to the clear plasma
+def red_cell_diameters(rgb: np.ndarray | Reduced) -> np.ndarray:
+    """Area-equivalent diameters (px of the full image) of the whole, lone red cells in an
+    image, given as RGB or as its :func:`~leukoshift.domain.centre.reduce_od`."""
+    reduced = reduce_od(rgb)
+    factor = reduced.factor
+    od = reduced.od - np.percentile(reduced.od.reshape(-1, 3), 3, axis=0)  # relative to the clear plasma
     total = od.sum(axis=-1)
     if np.ptp(total) < 1e-3:
         return np.zeros(0)
@@ -85,7 +86,7 @@ def red_cell_diameters(rgb: np.ndarray) -> np.ndarray:
     return 2.0 * np.sqrt(area[keep] / np.pi) * factor
 
 
-def image_scale(rgb: np.ndarray, lab_px: float) -> float:
+def image_scale(rgb: np.ndarray | Reduced, lab_px: float) -> float:
     """The red-cell diameter (px) to frame this image by: the median of its own whole red
     cells when it shows at least ``MIN_IMAGE_CELLS`` of them at a plausible size against
     the lab's ``lab_px``, else ``lab_px``.
@@ -118,8 +119,9 @@ def estimate_ruler(images: Iterable[np.ndarray]) -> RulerEstimate:
     diameters: list[np.ndarray] = []
     nuclei: list[int] = []
     for rgb in images:
-        diameters.append(red_cell_diameters(rgb))
-        box = locate_cell(rgb)
+        reduced = reduce_od(rgb)
+        diameters.append(red_cell_diameters(reduced))
+        box = locate_cell(reduced)
         if box.found:
             nuclei.append(box.side)
     pooled = np.concatenate(diameters) if diameters else np.zeros(0)

@@ -47,7 +47,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from leukoshift.config import ImageConfig
-from leukoshift.data.images import ImageReadError, load_rgb, prepare_image
+from leukoshift.data.images import ImageReadError, frame_image, load_rgb, resize_square
 from leukoshift.errors import UserError
 from leukoshift.models.backbones import cam_target_layer, family
 from leukoshift.taxonomy import FINE_CLASSES, FINE_INDEX, FINE_NAMES
@@ -386,7 +386,7 @@ class Explainer:
         self.image: ImageConfig = model.cfg.data.image.scaled(red_cell_px)
         self.method = check_method(method, self.backbone_name)
         self.methods = METHODS[family(self.backbone_name)]
-        self._display = self.image.model_copy(update={"size": max(DISPLAY_SIZE, self.image.size)})
+        self._display_size = max(DISPLAY_SIZE, self.image.size)
 
     @classmethod
     def from_checkpoint(
@@ -399,9 +399,8 @@ class Explainer:
     def frame(self, rgb: np.ndarray, source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw RGB -> (model input, the same framing at display size), both uint8;
         ``source``: the image's lab, for ruler framing."""
-        framed, _ = prepare_image(rgb, self.image, source)
-        display, _ = prepare_image(rgb, self._display, source)
-        return framed, display
+        crop, _ = frame_image(rgb, self.image, source)  # framed once, resized twice
+        return resize_square(crop, self.image.size), resize_square(crop, self._display_size)
 
     def _tensor(self, framed: Sequence[np.ndarray]) -> Tensor:
         batch = np.stack([f.transpose(2, 0, 1) for f in framed])
