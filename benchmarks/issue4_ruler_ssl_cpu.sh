@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 4 on this 2-core CPU: the colour-kept SimCLR of benchmarks/issue4_colour_cpu.sh
+# pretrained on ruler crops (each image at its own red-cell scale where it shows two, its
+# lab's otherwise) instead of nucleus-framed ones. The per-image ruler rows of
+# benchmarks/issue4_ruler_cpu.sh fine-tune a backbone that never saw a cell at its size on
+# the slide; here pretraining and fine-tuning frame alike. Then LP-FT + WiSE from it, two
+# single-thread seeds at a time, compared with the random-init runs of
+# `SCALE=image benchmarks/issue4_ruler_cpu.sh` (same framing and seeds). A finished
+# pretraining is not rerun and an interrupted one resumes from its last.ckpt (18 epochs,
+# about 80 min alone on this CPU). Seeds in SEEDS (default 0-5). Results:
+# benchmarks/results/issue4/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benchmarks/issue4_recipe.sh
+NAME=rulerimgcol18
+SSL=$OUT/simclr_$NAME/backbone.safetensors
+# Every pool lab's scale (benchmarks/results/issue4/ruler_scales.txt; BCCD crops: the smears').
+SCALES='{pbc: 23.5, cellavision: 70.1, bionet: 56.4, bccd_crops: 91.2, bccd_smears: 91.2, raabin: 54.5}'
+RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$SCALES" --set data.image.ruler_scale=image)
+
+simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs=18 \
+    --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1 "${RULER[@]}"
+
+set -- ${SEEDS:-0 1 2 3 4 5}
+while [ $# -gt 0 ]; do
+    for seed in "${@:1:2}"; do
+        finetune "ft_${NAME}_lpft_seed$seed" "$seed" 1 --init "$SSL" --set head_warmup_epochs=3 "${RULER[@]}" &
+    done
+    wait
+    shift $(($# < 2 ? $# : 2))
+done
+mapfile -t SSL_CKPTS < <(for run in "$OUT"/ft_${NAME}_lpft_seed*/; do
+    run=$(basename "$run")
+    for alpha in 0.25 0.5 0.75; do [ -f "$OUT/$run/wise$alpha.ckpt" ] || $LS wise "$OUT/$run" --alpha "$alpha" >&2; done
+    ckpts "$run"
+done)
+$PY benchmarks/rescore.py "${SSL_CKPTS[@]}" --val runs/data/pbc.csv --test runs/data/pbc.csv \
+    --json-out "$RES/rescore_${NAME}.json"
+$PY benchmarks/seed_table.py "$RES/rescore_${NAME}.json" "$RES/rescore_rulerimg.json" \
+    --row "ruler per image, SimCLR on ruler crops, LP-FT=ft_${NAME}_lpft" \
+    --row "ruler per image, SimCLR on ruler crops, WiSE 0.5=ft_${NAME}_lpft/wise0.5" \
+    --row "ruler per image, SimCLR on centre crops, LP-FT=ft_srcbalcol18_lpft_rulerimg" \
+    --baseline "ruler per image, random plain=ft_random_rulerimg" --recall plain \
+    --json-out "$RES/seed_table_${NAME}.json"
