@@ -1,7 +1,8 @@
 """Reading any image a lab may hand us as 8-bit RGB, and making it the model's square input.
 
 Every entry point (cache building, ``predict``, the app) goes through :func:`load_rgb`
-and :func:`prepare_image` (:func:`frame_image`), so a cell is framed the same way in training and in use.
+and :func:`prepare_image` (or :func:`frame_image`, its crop before resizing), so a cell is
+framed the same way in training and in use.
 """
 
 from __future__ import annotations

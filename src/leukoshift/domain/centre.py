@@ -117,7 +117,9 @@ def reduce_od(rgb: np.ndarray | Reduced) -> Reduced:
     if isinstance(rgb, Reduced):
         return rgb
     small, factor = _reduce(rgb)
-    return Reduced(_optical_density(small), factor, (rgb.shape[0], rgb.shape[1]))
+    od = _optical_density(small)
+    od.setflags(write=False)  # shared by its users: none may change it under another
+    return Reduced(od, factor, (rgb.shape[0], rgb.shape[1]))
 
 
 def _nucleus_score_od(od: np.ndarray) -> np.ndarray:
