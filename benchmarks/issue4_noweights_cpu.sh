@@ -16,7 +16,7 @@ NW=(--set loss.class_weights=false)
 for seed in ${SEEDS:-0 1 2}; do
     pair "$seed" "ft_random_nw_seed$seed" "ft_srcbalcol18_lpft_nw_seed$seed" "$SSL" "${NW[@]}"
 done
-mapfile -t SSL_CKPTS < <(for run in "$OUT"/ft_srcbalcol18_lpft_nw_seed*/; do ckpts "$(basename "$run")"; done)
+mapfile -t SSL_CKPTS < <(seed_ckpts ft_srcbalcol18_lpft_nw)
 $PY benchmarks/rescore.py "$OUT"/ft_random_nw_seed*/best.ckpt \
     "${SSL_CKPTS[@]}" \
     --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_noweights.json"

@@ -8,6 +8,9 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/bench}
 RES=benchmarks/results/issue4
 mkdir -p "$RES"
+# Each lab's red-cell diameter in px (`leukoshift data ruler`, results/issue4/ruler_scales.txt;
+# BCCD crops show no whole red cells and take their smears'), for ruler framing.
+RULER_SCALES='{pbc: 23.5, cellavision: 70.1, bionet: 56.4, bccd_crops: 91.2, bccd_smears: 91.2, raabin: 54.5}'
 STAIN=(--set augment.stain.p=0.8 --set augment.stain.sigma=0.2 --set augment.stain.bias=0.05
        --set augment.colour.p=0.8 --set augment.colour.saturation=0.3 --set augment.colour.hue=0.05)
 BLUR=(--set augment.colour.blur_p=0.5 --set 'augment.colour.blur_sigma=[0.1,2.2]')
@@ -47,6 +50,8 @@ simclr() {
 # row of several groups (pick one per seed with --select).
 CANDIDATES=(warmup best wise0.25 wise0.5 wise0.75)
 ckpts() { for run in "$@"; do for c in "${CANDIDATES[@]}"; do echo "$OUT/$run/$c.ckpt"; done; done; }
+# seed_ckpts PREFIX: ckpts of every run $OUT/PREFIX_seed<N> there is.
+seed_ckpts() { for run in "$OUT/$1"_seed*/; do ckpts "$(basename "$run")"; done; }
 candidates() { local g=$1; echo "$g|$g/wise0.25|$g/wise0.5|$g/wise0.75|$g/warmup"; }
 
 # pair SEED RANDOM_RUN SSL_RUN BACKBONE [ARGS...]: random-init fine-tuning into RANDOM_RUN and
@@ -58,5 +63,8 @@ pair() {
     finetune "$random" "$seed" 1 "$@" &
     finetune "$ssl" "$seed" 1 --init "$init" --set head_warmup_epochs=3 "$@" &
     wait
-    for alpha in 0.25 0.5 0.75; do $LS wise "$OUT/$ssl" --alpha "$alpha"; done
+    wise_all "$ssl"
 }
+
+# wise_all RUN: WiSE 0.25 / 0.5 / 0.75 of the LP-FT run $OUT/RUN (rewritten if there).
+wise_all() { for alpha in 0.25 0.5 0.75; do $LS wise "$OUT/$1" --alpha "$alpha"; done; }

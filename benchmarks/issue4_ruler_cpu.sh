@@ -17,16 +17,15 @@ source benchmarks/issue4_recipe.sh
 SSL=$OUT/simclr_srcbalcol18/backbone.safetensors
 SCALE=${SCALE:-lab}
 TAG=$([ "$SCALE" = lab ] && echo ruler || echo rulerimg)
-SCALES='{pbc: 23.5, cellavision: 70.1, bionet: 56.4, bccd_crops: 91.2}'
 
 $LS data ruler runs/data/{pbc,cellavision,bionet,bccd_crops,bccd_smears,raabin}.csv | tee "$RES/ruler_scales.txt"
 $LS data cache runs/data/{pbc,cellavision,bccd_crops,bionet}.csv --set image.size=64 --set image.preprocess=ruler \
-    --set "image.red_cell_px=$SCALES" --set "image.ruler_scale=$SCALE"
-RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$SCALES" --set "data.image.ruler_scale=$SCALE")
+    --set "image.red_cell_px=$RULER_SCALES" --set "image.ruler_scale=$SCALE"
+RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set "data.image.ruler_scale=$SCALE")
 for seed in ${SEEDS:-0 1}; do
     pair "$seed" "ft_random_${TAG}_seed$seed" "ft_srcbalcol18_lpft_${TAG}_seed$seed" "$SSL" "${RULER[@]}"
 done
-mapfile -t SSL_CKPTS < <(for run in "$OUT"/ft_srcbalcol18_lpft_${TAG}_seed*/; do ckpts "$(basename "$run")"; done)
+mapfile -t SSL_CKPTS < <(seed_ckpts "ft_srcbalcol18_lpft_${TAG}")
 $PY benchmarks/rescore.py "$OUT"/ft_random_${TAG}_seed*/best.ckpt \
     "${SSL_CKPTS[@]}" \
     --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_${TAG}.json"

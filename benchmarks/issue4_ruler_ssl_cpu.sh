@@ -14,9 +14,7 @@ cd "$(dirname "$0")/.."
 source benchmarks/issue4_recipe.sh
 NAME=rulerimgcol18
 SSL=$OUT/simclr_$NAME/backbone.safetensors
-# Every pool lab's scale (benchmarks/results/issue4/ruler_scales.txt; BCCD crops: the smears').
-SCALES='{pbc: 23.5, cellavision: 70.1, bionet: 56.4, bccd_crops: 91.2, bccd_smears: 91.2, raabin: 54.5}'
-RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$SCALES" --set data.image.ruler_scale=image)
+RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set data.image.ruler_scale=image)
 
 simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs=18 \
     --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1 "${RULER[@]}"
@@ -27,13 +25,10 @@ while [ $# -gt 0 ]; do
         finetune "ft_${NAME}_lpft_seed$seed" "$seed" 1 --init "$SSL" --set head_warmup_epochs=3 "${RULER[@]}" &
     done
     wait
+    for seed in "${@:1:2}"; do wise_all "ft_${NAME}_lpft_seed$seed"; done
     shift $(($# < 2 ? $# : 2))
 done
-mapfile -t SSL_CKPTS < <(for run in "$OUT"/ft_${NAME}_lpft_seed*/; do
-    run=$(basename "$run")
-    for alpha in 0.25 0.5 0.75; do [ -f "$OUT/$run/wise$alpha.ckpt" ] || $LS wise "$OUT/$run" --alpha "$alpha" >&2; done
-    ckpts "$run"
-done)
+mapfile -t SSL_CKPTS < <(seed_ckpts "ft_${NAME}_lpft")
 $PY benchmarks/rescore.py "${SSL_CKPTS[@]}" --val runs/data/pbc.csv --test runs/data/pbc.csv \
     --json-out "$RES/rescore_${NAME}.json"
 $PY benchmarks/seed_table.py "$RES/rescore_${NAME}.json" "$RES/rescore_rulerimg.json" \
