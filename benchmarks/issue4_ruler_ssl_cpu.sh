@@ -6,17 +6,19 @@
 # the slide; here pretraining and fine-tuning frame alike. Then LP-FT + WiSE from it, two
 # single-thread seeds at a time, compared with the random-init runs of
 # `SCALE=image benchmarks/issue4_ruler_cpu.sh` (same framing and seeds). A finished
-# pretraining is not rerun and an interrupted one resumes from its last.ckpt (18 epochs,
-# about 80 min alone on this CPU). Seeds in SEEDS (default 0-5). Results:
+# pretraining is not rerun and an interrupted one resumes from its last.ckpt (about 2.3 min
+# an epoch alone on this CPU). Seeds in SEEDS (default 0-5); EPOCHS (default 18) sets the
+# pretraining's length, and its run names (EPOCHS=6: the online kNN's peak). Results:
 # benchmarks/results/issue4/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/issue4_recipe.sh
-NAME=rulerimgcol18
+EPOCHS=${EPOCHS:-18}
+NAME=rulerimgcol$EPOCHS
 SSL=$OUT/simclr_$NAME/backbone.safetensors
 RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set data.image.ruler_scale=image)
 
-simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs=18 \
+simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs="$EPOCHS" \
     --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1 "${RULER[@]}"
 
 set -- ${SEEDS:-0 1 2 3 4 5}
