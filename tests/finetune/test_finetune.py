@@ -302,3 +302,65 @@ def test_head_warmup_under_ddp_expects_unused_parameters(
     assert trainer_config(cfg).strategy == strategy
     plain = _cfg(synth_manifest, tmp_path, "trainer.max_epochs=3", *settings)
     assert trainer_config(plain) == plain.trainer  # no warm-up: nothing changes
+
+
+def test_stain_normalisation_is_fitted_on_training_images_and_travels_with_the_model(
+    synth_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kornia.color
+
+    from leukoshift.domain.stain import ReinhardNormalizer
+    from leukoshift.finetune.train import load_tables
+    from leukoshift.models.encoders import load_encoder
+
+    cfg = _cfg(
+        synth_manifest,
+        tmp_path / "run",
+        "augment.normalize=reinhard",
+        "trainer.max_epochs=1",
+        "data.exclude_sources=[lab_b]",
+    )
+    out = run_finetune(cfg, progress=False)
+    train = load_tables(cfg, progress=False).train
+    assert len(train) <= 256  # so the fit saw every training image
+    assert f"stain normalisation: reinhard fitted on {len(train)} training images" in capsys.readouterr().out
+    images = torch.from_numpy(train.images(np.arange(len(train)))).float() / 255
+    lab = kornia.color.rgb_to_lab(images)
+
+    model = load_classifier(out / "best.ckpt")
+    stain = model.encoder.stain
+    assert isinstance(stain, ReinhardNormalizer)
+    torch.testing.assert_close(stain.mean_ref, lab.mean(dim=(0, 2, 3)), atol=1e-3, rtol=0)
+
+    # Another lab's colours (the same cells moved to other LAB statistics) reach the
+    # backbone as the training lab's: the logits hardly move, while without the normaliser
+    # they do.
+    x = images[:8]
+    other = ReinhardNormalizer().fit(images * torch.tensor([0.85, 0.75, 0.95]).view(1, 3, 1, 1))
+    recoloured = other(x)
+    with torch.no_grad():
+        shift = (model(recoloured) - model(x)).abs().max()
+        model.encoder.stain = torch.nn.Identity()
+        unnormalised_shift = (model(recoloured) - model(x)).abs().max()
+        model.encoder.stain = stain
+    assert shift < 0.2 * unnormalised_shift, (shift, unnormalised_shift)
+
+    # The exported backbone's card carries the fitted normaliser.
+    card = read_card(out / "backbone.safetensors")
+    assert card is not None and card["stain_normalization"]["method"] == "reinhard"
+    exported = load_encoder(out / "backbone.safetensors").encoder
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model.encoder(x))
+
+
+def test_stain_normalisation_belongs_to_fine_tuning(synth_manifest: Path, tmp_path: Path) -> None:
+    from leukoshift.config import PretrainConfig
+    from leukoshift.finetune.train import build_module, load_tables
+
+    with pytest.raises(ConfigError, match="augment.normalize: a fine-tuning option"):
+        load_config(PretrainConfig, None, ["method=simclr", "augment.normalize=macenko"])
+    cfg = _cfg(synth_manifest, tmp_path / "lr", "augment.normalize=macenko")
+    with pytest.raises(UserError, match="augment.normalize: baselines take no stain normalisation"):
+        run_baseline(cfg, "logreg", pixel_side=16, progress=False)
+    module = build_module(cfg, load_tables(cfg, progress=False).train)
+    assert bool(module.encoder.stain.is_fitted)

@@ -315,3 +315,36 @@ def build_stain_normalizer(name: str, target: Tensor | None = None) -> nn.Module
     # Fitted where the target lives, so a CUDA target gives a CUDA normaliser.
     module = STAIN_NORMALIZERS[name]().to(target.device)
     return module.fit(target)  # type: ignore[operator]
+
+
+def normalizer_name(module: nn.Module) -> str:
+    """The registry name of a normaliser (``"none"`` for anything else, e.g. Identity)."""
+    for name, cls in STAIN_NORMALIZERS.items():
+        if type(module) is cls:
+            return name
+    return "none"
+
+
+def normalizer_card(module: nn.Module) -> dict[str, Any] | None:
+    """A fitted normaliser as JSON (its name and buffers), for a model card; None when
+    ``module`` is no normaliser. :func:`normalizer_from_card` rebuilds it."""
+    name = normalizer_name(module)
+    if name == "none":
+        return None
+    buffers = {k: v.detach().cpu().tolist() for k, v in module.state_dict().items()}
+    return {"method": name, "buffers": buffers}
+
+
+def normalizer_from_card(card: dict[str, Any], origin: str) -> nn.Module:
+    """The normaliser a model card describes (``origin`` names the card in errors)."""
+    name = card.get("method")
+    if name not in STAIN_NORMALIZERS:
+        raise StainError(f"{origin}: stain_normalization.method {name!r} is not one of {', '.join(STAIN_NORMALIZERS)}")
+    module = STAIN_NORMALIZERS[name]()
+    state = module.state_dict()
+    try:
+        loaded = {k: torch.tensor(card["buffers"][k], dtype=v.dtype).reshape(v.shape) for k, v in state.items()}
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise StainError(f"{origin}: stain_normalization.buffers unreadable ({exc})") from None
+    module.load_state_dict(loaded)
+    return module

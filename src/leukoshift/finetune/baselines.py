@@ -101,6 +101,11 @@ def run_baseline(
     from leukoshift.training import default_run_dir, write_json
 
     check_config(cfg)
+    if cfg.augment.normalize != "none":
+        raise UserError(
+            "augment.normalize: baselines take no stain normalisation of their own "
+            "(a --features-from checkpoint applies the one it was trained with)"
+        )
     if kind == "svm" and features_from is None:
         raise UserError("--baseline svm needs --features-from FILE (best.ckpt or backbone.safetensors)")
     if kind == "svm" and features_from is not None and not features_from.is_file():

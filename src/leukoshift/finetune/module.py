@@ -18,6 +18,7 @@ from torch import nn
 
 from leukoshift.config import FinetuneConfig
 from leukoshift.domain.augment import build_finetune_augment, to_float
+from leukoshift.domain.stain import STAIN_NORMALIZERS
 from leukoshift.finetune.loss import GroupCrossEntropy
 from leukoshift.models.backbones import Encoder, backbone_blocks, create_backbone, family
 from leukoshift.taxonomy import FINE_CLASSES, LABEL_CODES
@@ -60,7 +61,10 @@ class ClassifierModule(pl.LightningModule):
         backbone = create_backbone(
             model_cfg.backbone, img_size=size, pretrained=model_cfg.pretrained, **model_cfg.kwargs
         )
-        self.encoder = Encoder(backbone)
+        # An unfitted normaliser: `fit_stain` fits it before training, and a checkpoint's
+        # state dict restores the fitted one.
+        normalize = self.cfg.augment.normalize
+        self.encoder = Encoder(backbone, stain=STAIN_NORMALIZERS[normalize]() if normalize != "none" else None)
         self.head = nn.Sequential(
             nn.Dropout(model_cfg.drop_rate), nn.Linear(self.encoder.feature_dim, len(FINE_CLASSES))
         )
@@ -75,6 +79,10 @@ class ClassifierModule(pl.LightningModule):
     def apply_mode(self) -> None:
         """Freeze what the fine-tuning mode says (after any initial weights are loaded)."""
         self._frozen = set_trainable(self.encoder.backbone, self.backbone_name, self.cfg.mode, self.cfg.unfreeze_blocks)
+
+    def fit_stain(self, images: torch.Tensor) -> None:
+        """Fit the stain normaliser (``augment.normalize``) on uint8 or [0, 1] images."""
+        self.encoder.stain.fit(images)  # type: ignore[operator]
 
     def head_only(self) -> bool:
         """True in the head warm-up epochs of a fit (``head_warmup_epochs``, LP-FT): the

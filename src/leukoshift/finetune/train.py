@@ -25,11 +25,12 @@ from leukoshift.config import FinetuneConfig, TrainerConfig, config_to_dict, sav
 from leukoshift.data.cache import check_framing
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.data.manifest import ManifestError
+from leukoshift.domain.stain import normalizer_card
 from leukoshift.errors import UserError
 from leukoshift.finetune.loss import class_weights
 from leukoshift.finetune.module import ClassifierModule
 from leukoshift.models.backbones import resolve_name
-from leukoshift.models.checkpoints import export_weights, load_backbone_weights
+from leukoshift.models.checkpoints import export_weights, load_backbone_weights, read_card
 from leukoshift.taxonomy import FINE_CLASSES, LABEL_CODES
 from leukoshift.training import (
     TableDataModule,
@@ -95,10 +96,32 @@ def build_module(cfg: FinetuneConfig, train: ImageTable) -> ClassifierModule:
         "sources": train.source_names,
     }
     module = ClassifierModule(config_to_dict(cfg), weights.tolist(), train.source_names, summary)
+    if cfg.augment.normalize != "none":
+        fit_stain(module, cfg, train)
     if cfg.model.init is not None:
         load_backbone_weights(module.encoder.backbone, cfg.model.init)
+        card = read_card(Path(cfg.model.init)) if Path(cfg.model.init).suffix == ".safetensors" else None
+        trained_with = ((card or {}).get("stain_normalization") or {}).get("method", "none")
+        if trained_with != cfg.augment.normalize:
+            print(
+                f"note: {cfg.model.init} was trained with stain normalisation {trained_with}, "
+                f"this run uses {cfg.augment.normalize} (augment.normalize)"
+            )
     module.apply_mode()
     return module
+
+
+#: Training images the stain normaliser is fitted on: its target is their pooled pixels
+#: (Macenko's stain vectors, Reinhard's LAB statistics), which a few hundred cells pin down.
+STAIN_FIT_IMAGES = 256
+
+
+def fit_stain(module: ClassifierModule, cfg: FinetuneConfig, train: ImageTable) -> None:
+    """Fit ``augment.normalize`` on a seeded sample of the training images."""
+    rng = np.random.default_rng(cfg.trainer.seed)
+    picked = np.sort(rng.choice(len(train), min(STAIN_FIT_IMAGES, len(train)), replace=False))
+    module.fit_stain(torch.from_numpy(train.images(picked)))
+    print(f"stain normalisation: {cfg.augment.normalize} fitted on {len(picked)} training images")
 
 
 def trainer_config(cfg: FinetuneConfig) -> TrainerConfig:
@@ -250,6 +273,7 @@ def export_classifier(model: ClassifierModule, out: Path, cfg: FinetuneConfig, t
             "mean": model.encoder.normalize.mean.flatten().tolist(),
             "std": model.encoder.normalize.std.flatten().tolist(),
         },
+        "stain_normalization": normalizer_card(model.encoder.stain),
         "feature_dim": model.encoder.feature_dim,
         "classes": list(FINE_CLASSES),
         "training": {

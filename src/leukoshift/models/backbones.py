@@ -183,15 +183,27 @@ class Normalize(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Backbone plus its normalisation: [0, 1] images in, (B, D) features out."""
+    """Backbone plus its input normalisation: [0, 1] images in, (B, D) features out.
+
+    ``stain`` is an optional fitted stain normaliser (``leukoshift.domain.stain``) run
+    before the mean/std normalisation. It lives here, with its fitted target as buffers in
+    the state dict, so every path that feeds a model images (evaluation, prediction,
+    explanations, kNN, the app) normalises them as training did.
+    """
 
     def __init__(
-        self, backbone: nn.Module, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+        self,
+        backbone: nn.Module,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        stain: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        # Identity holds no state, so checkpoints without stain normalisation load as before.
+        self.stain = stain if stain is not None else nn.Identity()
         self.normalize = Normalize(mean, std)
         self.backbone = backbone
         self.feature_dim = int(backbone.feature_dim)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalize(x))
+        return self.backbone(self.normalize(self.stain(x)))

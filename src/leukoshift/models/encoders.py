@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from leukoshift.config import ImageConfig
+from leukoshift.domain.stain import normalizer_from_card
 from leukoshift.errors import UserError
 from leukoshift.models.backbones import Encoder, create_backbone
-from leukoshift.models.checkpoints import load_backbone_weights, read_card, read_checkpoint
+from leukoshift.models.checkpoints import card_path, load_backbone_weights, read_card, read_checkpoint
 
 
 @dataclass
@@ -38,8 +39,12 @@ def load_encoder(path: Path | str) -> LoadedEncoder:
         backbone = create_backbone(card["backbone"], img_size=size, **(card.get("timm_kwargs") or {}))
         load_backbone_weights(backbone, path, verbose=False)
         norm = card.get("normalization") or {}
+        stain = card.get("stain_normalization")
         encoder = Encoder(
-            backbone, tuple(norm.get("mean", (0.485, 0.456, 0.406))), tuple(norm.get("std", (0.229, 0.224, 0.225)))
+            backbone,
+            tuple(norm.get("mean", (0.485, 0.456, 0.406))),
+            tuple(norm.get("std", (0.229, 0.224, 0.225))),
+            stain=normalizer_from_card(stain, str(card_path(path))) if stain else None,
         )
         return LoadedEncoder(encoder.eval(), image, "backbone", card)
     raw = read_checkpoint(path)
