@@ -19,12 +19,14 @@ FT=($LS finetune -c configs/finetune_pbc_cpu.yaml --set trainer.progress=false
 
 # finetune RUN SEED THREADS [ARGS...]: one "stain + blur" fine-tune into $OUT/RUN with
 # OMP_NUM_THREADS=THREADS (two 2-thread jobs on 2 cores stall: run pairs on 1 each), its
-# metrics.json kept as $RES/RUN.metrics.json.
+# metrics.json kept as $RES/RUN.metrics.json. A run cut off before its metrics.json resumes
+# from its last.ckpt (appending to its log); a finished one is skipped by finetune itself.
 finetune() {
-    local run=$1 seed=$2 threads=$3
+    local run=$1 seed=$2 threads=$3 resume=()
     shift 3
-    OMP_NUM_THREADS=$threads "${FT[@]}" "${BLUR[@]}" "$@" --out "$OUT/$run" --set trainer.seed="$seed" \
-        > "$OUT/$run.log" 2>&1
+    if [ -f "$OUT/$run/last.ckpt" ] && [ ! -f "$OUT/$run/metrics.json" ]; then resume=(--resume); fi
+    OMP_NUM_THREADS=$threads "${FT[@]}" "${BLUR[@]}" "$@" "${resume[@]}" --out "$OUT/$run" \
+        --set trainer.seed="$seed" >> "$OUT/$run.log" 2>&1
     cp "$OUT/$run/metrics.json" "$RES/$run.metrics.json"
 }
 

@@ -202,11 +202,11 @@ class AugmentConfig(Strict):
     stain: StainAugConfig = Field(default_factory=StainAugConfig)
     normalize: Literal["none", "macenko", "reinhard"] = Field(
         "none",
-        description="fine-tuning only: stain normalisation of every image the model sees, "
-        "fitted on 256 training images and kept in the checkpoint and exported card, so "
-        "evaluation, prediction and the app normalise other labs' images to the training "
-        "lab's stain; in training it runs on the augmented views and so undoes most stain "
-        "and colour jitter (use one or the other); reinhard is the robust choice on tinted "
+        description="stain normalisation of every image the model sees, fitted on 256 "
+        "training images (fine-tuning) or pool images (SSL pretraining) and kept in the "
+        "checkpoint and exported card, so evaluation, prediction and the app normalise other "
+        "labs' images to the training lab's stain; in training it runs on the augmented views "
+        "and so undoes most stain and colour jitter; reinhard is the robust choice on tinted "
         "backgrounds",
     )
 
@@ -458,10 +458,6 @@ class PretrainConfig(Strict):
                 raise ValueError("multicrop.n_global: SimCLR needs exactly 2 views")
         elif self.multicrop.n_global + self.multicrop.n_local < 2:
             raise ValueError("multicrop: DINO needs at least two views in total")
-        if self.augment.normalize != "none":
-            # The pool mixes every lab: there is no one stain to normalise to, and the point of
-            # pretraining here is features that do not need it (augment.stain teaches that).
-            raise ValueError("augment.normalize: a fine-tuning option; SSL pretraining takes augment.stain instead")
         return self
 
 

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -53,6 +54,20 @@ def resolve_workers(value: int | str) -> int:
     if not torch.cuda.is_available():
         return 0
     return max(1, min(8, (os.cpu_count() or 2) // max(1, torch.cuda.device_count()) - 1))
+
+
+#: Images a stain normaliser is fitted on: its target is their pooled pixels (Macenko's
+#: stain vectors, Reinhard's LAB statistics), which a few hundred cells pin down.
+STAIN_FIT_IMAGES = 256
+
+
+def fit_stain_sample(normalizer: torch.nn.Module, table: ImageTable, seed: int, name: str, what: str) -> None:
+    """Fit a stain normaliser (``augment.normalize``) on a seeded sample of ``table``'s
+    images; ``what`` names them in the line printed."""
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(table), min(STAIN_FIT_IMAGES, len(table)), replace=False))
+    normalizer.fit(torch.from_numpy(table.images(picked)))  # type: ignore[operator]
+    print(f"stain normalisation: {name} fitted on {len(picked)} {what}")
 
 
 def derived_seed(base: int, *parts: str) -> int:

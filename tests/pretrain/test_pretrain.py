@@ -326,3 +326,75 @@ def test_bad_pretrain_configs_fail_before_work(synth_manifest: Path, tmp_path: P
         _cfg(synth_manifest, tmp_path, "method=simclr", "multicrop.n_local=4")
     with pytest.raises(UserError, match="far below multicrop.global_size"):
         run_pretrain(_cfg(synth_manifest, tmp_path, "multicrop.global_size=224"))
+
+
+def test_stain_normalised_pretraining_fits_the_pool_and_travels_to_finetuning(
+    synth_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kornia.color
+    import numpy as np
+
+    from leukoshift.config import FinetuneConfig
+    from leukoshift.domain.stain import ReinhardNormalizer
+    from leukoshift.finetune.train import build_module, init_stain_normalization, load_tables
+    from leukoshift.models.encoders import load_encoder
+    from leukoshift.pretrain.train import load_pool
+
+    out = tmp_path / "run"
+    cfg = _cfg(
+        synth_manifest,
+        out,
+        "method=simclr",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "augment.normalize=reinhard",
+    )
+    run_pretrain(cfg, progress=False)
+    pool = load_pool(cfg, progress=False)
+    assert len(pool) > 256
+    assert "stain normalisation: reinhard fitted on 256 pool images" in capsys.readouterr().out
+
+    # The target is the pooled LAB statistics of the seeded sample of the pool.
+    picked = np.sort(np.random.default_rng(cfg.trainer.seed).choice(len(pool), 256, replace=False))
+    sample = torch.from_numpy(pool.images(picked)).float() / 255
+    lab = kornia.color.rgb_to_lab(sample)
+    card = read_card(out / "backbone.safetensors")
+    assert card is not None and card["stain_normalization"]["method"] == "reinhard"
+    torch.testing.assert_close(
+        torch.tensor(card["stain_normalization"]["buffers"]["mean_ref"]), lab.mean(dim=(0, 2, 3)), atol=1e-3, rtol=0
+    )
+
+    # Every view the method trains on reaches the backbone with the target's LAB mean.
+    module = SimCLR.load_from_checkpoint(out / "last.ckpt", map_location="cpu", weights_only=False)
+    assert isinstance(module.stain, ReinhardNormalizer)
+    images = torch.from_numpy(pool.images(np.arange(16)))
+    views = module.make_views(images)
+    mean, std = module.normalize.mean, module.normalize.std
+    view_lab = kornia.color.rgb_to_lab((views[0] * std + mean).clamp(0, 1)).mean(dim=(2, 3))
+    torch.testing.assert_close(view_lab.mean(0), module.stain.mean_ref, atol=2.0, rtol=0)
+    assert view_lab.std(0).max() < 2.0  # each view moved there, not only their average
+    # Un-normalised views of the same images spread far wider.
+    raw = kornia.color.rgb_to_lab(images.float() / 255).mean(dim=(2, 3))
+    assert raw.std(0).max() > 3 * view_lab.std(0).max()
+
+    # The exported backbone and the Lightning checkpoint both carry the fitted normaliser.
+    x = images[:4].float() / 255
+    with torch.no_grad():
+        expected = module.eval().embed(x)
+        for path in (out / "backbone.safetensors", out / "last.ckpt"):
+            torch.testing.assert_close(load_encoder(path).encoder(x), expected)
+            assert init_stain_normalization(path) == "reinhard"
+
+    # A fine-tune from it without normalisation is told what the backbone was trained with.
+    ft = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"data.manifests=[{synth_manifest}]",
+            "model.backbone=regnetx_002",
+            "data.image.size=32",
+            f"model.init={out / 'backbone.safetensors'}",
+        ],
+    )
+    build_module(ft, load_tables(ft, progress=False).train)
+    assert "was trained with stain normalisation reinhard, this run uses none" in capsys.readouterr().out

@@ -61,7 +61,7 @@ class ClassifierModule(pl.LightningModule):
         backbone = create_backbone(
             model_cfg.backbone, img_size=size, pretrained=model_cfg.pretrained, **model_cfg.kwargs
         )
-        # An unfitted normaliser: `fit_stain` fits it before training, and a checkpoint's
+        # An unfitted normaliser: `training.fit_stain_sample` fits it before training, and a checkpoint's
         # state dict restores the fitted one.
         normalize = self.cfg.augment.normalize
         self.encoder = Encoder(backbone, stain=STAIN_NORMALIZERS[normalize]() if normalize != "none" else None)
@@ -79,10 +79,6 @@ class ClassifierModule(pl.LightningModule):
     def apply_mode(self) -> None:
         """Freeze what the fine-tuning mode says (after any initial weights are loaded)."""
         self._frozen = set_trainable(self.encoder.backbone, self.backbone_name, self.cfg.mode, self.cfg.unfreeze_blocks)
-
-    def fit_stain(self, images: torch.Tensor) -> None:
-        """Fit the stain normaliser (``augment.normalize``) on uint8 or [0, 1] images."""
-        self.encoder.stain.fit(images)  # type: ignore[operator]
 
     def head_only(self) -> bool:
         """True in the head warm-up epochs of a fit (``head_warmup_epochs``, LP-FT): the

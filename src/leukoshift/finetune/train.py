@@ -30,7 +30,7 @@ from leukoshift.errors import UserError
 from leukoshift.finetune.loss import class_weights
 from leukoshift.finetune.module import ClassifierModule
 from leukoshift.models.backbones import resolve_name
-from leukoshift.models.checkpoints import export_weights, load_backbone_weights, read_card
+from leukoshift.models.checkpoints import export_weights, load_backbone_weights, read_card, read_checkpoint
 from leukoshift.taxonomy import FINE_CLASSES, LABEL_CODES
 from leukoshift.training import (
     TableDataModule,
@@ -38,6 +38,7 @@ from leukoshift.training import (
     completed_run,
     config_hash,
     default_run_dir,
+    fit_stain_sample,
     make_trainer,
     resume_checkpoint,
     several_processes,
@@ -97,11 +98,10 @@ def build_module(cfg: FinetuneConfig, train: ImageTable) -> ClassifierModule:
     }
     module = ClassifierModule(config_to_dict(cfg), weights.tolist(), train.source_names, summary)
     if cfg.augment.normalize != "none":
-        fit_stain(module, cfg, train)
+        fit_stain_sample(module.encoder.stain, train, cfg.trainer.seed, cfg.augment.normalize, "training images")
     if cfg.model.init is not None:
         load_backbone_weights(module.encoder.backbone, cfg.model.init)
-        card = read_card(Path(cfg.model.init)) if Path(cfg.model.init).suffix == ".safetensors" else None
-        trained_with = ((card or {}).get("stain_normalization") or {}).get("method", "none")
+        trained_with = init_stain_normalization(Path(cfg.model.init))
         if trained_with != cfg.augment.normalize:
             print(
                 f"note: {cfg.model.init} was trained with stain normalisation {trained_with}, "
@@ -111,17 +111,16 @@ def build_module(cfg: FinetuneConfig, train: ImageTable) -> ClassifierModule:
     return module
 
 
-#: Training images the stain normaliser is fitted on: its target is their pooled pixels
-#: (Macenko's stain vectors, Reinhard's LAB statistics), which a few hundred cells pin down.
-STAIN_FIT_IMAGES = 256
-
-
-def fit_stain(module: ClassifierModule, cfg: FinetuneConfig, train: ImageTable) -> None:
-    """Fit ``augment.normalize`` on a seeded sample of the training images."""
-    rng = np.random.default_rng(cfg.trainer.seed)
-    picked = np.sort(rng.choice(len(train), min(STAIN_FIT_IMAGES, len(train)), replace=False))
-    module.fit_stain(torch.from_numpy(train.images(picked)))
-    print(f"stain normalisation: {cfg.augment.normalize} fitted on {len(picked)} training images")
+def init_stain_normalization(path: Path) -> str:
+    """The stain normalisation (``augment.normalize``) initial weights were trained with:
+    from an exported backbone's card or a Lightning checkpoint's config; ``"none"`` for
+    weights from elsewhere."""
+    if path.suffix == ".safetensors":
+        return ((read_card(path) or {}).get("stain_normalization") or {}).get("method", "none")
+    if path.suffix != ".ckpt":
+        return "none"
+    config = (read_checkpoint(path).get("hyper_parameters") or {}).get("config") or {}
+    return (config.get("augment") or {}).get("normalize", "none")
 
 
 def trainer_config(cfg: FinetuneConfig) -> TrainerConfig:

@@ -20,6 +20,7 @@ from torch import nn
 
 from leukoshift.config import PretrainConfig
 from leukoshift.domain.augment import build_multicrop
+from leukoshift.domain.stain import STAIN_NORMALIZERS
 from leukoshift.models.backbones import Normalize, create_backbone, family
 
 
@@ -77,6 +78,11 @@ class SSLModule(pl.LightningModule):
             m.backbone, img_size=self.cfg.multicrop.global_size, pretrained=m.pretrained, **m.kwargs
         )
         self.feature_dim = int(self.backbone.feature_dim)  # type: ignore[arg-type]
+        # Optional stain normaliser (``augment.normalize``), fitted on pool images before
+        # training (``training.fit_stain_sample``); Identity holds no state, so runs without
+        # one keep their checkpoints' keys.
+        normalize = self.cfg.augment.normalize
+        self.stain: nn.Module = STAIN_NORMALIZERS[normalize]() if normalize != "none" else nn.Identity()
         self.normalize = Normalize()
         self.multicrop = build_multicrop(self.cfg.multicrop, self.cfg.augment)
         self._loss_shown = LaggedScalar()
@@ -114,7 +120,7 @@ class SSLModule(pl.LightningModule):
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> evaluation features."""
-        return self.eval_backbone()(self.normalize(x))
+        return self.eval_backbone()(self.normalize(self.stain(x)))
 
     # ------------------------------------------------------------------ steps
 
@@ -134,13 +140,15 @@ class SSLModule(pl.LightningModule):
         """uint8 (B, 3, S, S) batch on the device -> normalised views, globals first.
 
         One fused augmentation pass per view size; views are chunks of that pass's output.
+        A stain normaliser runs on the augmented views, as the fine-tuned encoder's does, so
+        pretraining sees the inputs a fine-tune from it will.
         """
         fmt = torch.channels_last if self._channels_last() else torch.contiguous_format
         mean, std = self.normalize.mean, self.normalize.std
         views: list[torch.Tensor] = []
         groups = self.multicrop.forward_groups(images)  # fresh tensors: normalised in place
         for group, stacked in zip(self.multicrop.groups, groups, strict=True):
-            stacked = stacked.sub_(mean).div_(std).contiguous(memory_format=fmt)
+            stacked = self.stain(stacked).sub_(mean).div_(std).contiguous(memory_format=fmt)
             views.extend(stacked.chunk(group.n))
         return views
 

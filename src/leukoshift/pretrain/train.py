@@ -21,6 +21,7 @@ from leukoshift.config import PretrainConfig, config_to_dict, save_config
 from leukoshift.data.cache import check_framing
 from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.data.manifest import ManifestError
+from leukoshift.domain.stain import normalizer_card
 from leukoshift.errors import UserError
 from leukoshift.models.backbones import resolve_name
 from leukoshift.models.checkpoints import export_weights, load_backbone_weights
@@ -34,6 +35,7 @@ from leukoshift.training import (
     completed_run,
     config_hash,
     default_run_dir,
+    fit_stain_sample,
     make_trainer,
     resume_checkpoint,
     write_json,
@@ -123,6 +125,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
     if monitor is not None:
         monitor.path, monitor.history = out / "monitor.json", earlier_history(out, resume_from)
     module = METHODS[cfg.method](config_to_dict(cfg))
+    if cfg.augment.normalize != "none":
+        # Fitted on the pool as drawn, so its target is mostly the largest lab's stain; a
+        # fine-tune from this backbone refits on its own training images.
+        fit_stain_sample(module.stain, pool, cfg.trainer.seed, cfg.augment.normalize, "pool images")
     if cfg.model.init is not None:
         load_backbone_weights(module.backbone, cfg.model.init)
         if isinstance(module, DINO):
@@ -180,6 +186,7 @@ def export_ssl_backbone(
             "mean": module.normalize.mean.flatten().tolist(),
             "std": module.normalize.std.flatten().tolist(),
         },
+        "stain_normalization": normalizer_card(module.stain),
         "feature_dim": module.feature_dim,
         "classes": None,
         "training": {
