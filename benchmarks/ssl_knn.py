@@ -4,7 +4,8 @@ memory bank, against the same architecture with random weights.
     python benchmarks/ssl_knn.py --backbone runs/dino/backbone.safetensors --manifest runs/data/pbc.csv \
         [--external runs/data/cellavision.csv --external runs/data/bionet.csv ...]
 
-Both encoders see the same cached images (the backbone card's size and framing); the kNN
+Both encoders see the same cached images (the backbone card's size and framing) through
+the same stain normaliser when the backbone was trained with one; the kNN
 is leukoshift's (cosine similarity, k=20, weighted vote, Wu et al. 2018) over the label
 codes of the manifest (11 fine classes plus PBC's coarse NE and IG rows).
 
@@ -77,7 +78,11 @@ def main() -> None:
     }
     torch.manual_seed(args.seed)
     name = loaded.card.get("backbone", "")
-    random = Encoder(create_backbone(name, img_size=loaded.image.size, **(loaded.card.get("timm_kwargs") or {})))
+    # The reference differs in the weights alone: it takes the trained encoder's stain
+    # normaliser (augment.normalize), fitted target included, when there is one.
+    stain = loaded.encoder.stain if not isinstance(loaded.encoder.stain, torch.nn.Identity) else None
+    backbone = create_backbone(name, img_size=loaded.image.size, **(loaded.card.get("timm_kwargs") or {}))
+    random = Encoder(backbone, stain=stain)
     results = {
         "backbone": str(args.backbone),
         "architecture": name,
