@@ -79,10 +79,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     name = loaded.card.get("backbone", "")
     # The reference differs in the weights alone: it takes the trained encoder's stain
-    # normaliser (augment.normalize), fitted target included, when there is one.
-    stain = loaded.encoder.stain if not isinstance(loaded.encoder.stain, torch.nn.Identity) else None
+    # normaliser (augment.normalize, fitted target included; Identity when there is none).
     backbone = create_backbone(name, img_size=loaded.image.size, **(loaded.card.get("timm_kwargs") or {}))
-    random = Encoder(backbone, stain=stain)
+    random = Encoder(backbone, stain=loaded.encoder.stain)
     results = {
         "backbone": str(args.backbone),
         "architecture": name,

@@ -19,6 +19,7 @@ import torch
 
 from leukoshift.config import TrainerConfig
 from leukoshift.data.loaders import ImageTable, make_loader, source_balance_weights, source_shares
+from leukoshift.domain.stain import normalizer_name
 
 # Lightning notes that our hook runs although a data module is used: that is the design
 # (augmentation belongs to the model, the data module only serves uint8 batches).
@@ -61,13 +62,13 @@ def resolve_workers(value: int | str) -> int:
 STAIN_FIT_IMAGES = 256
 
 
-def fit_stain_sample(normalizer: torch.nn.Module, table: ImageTable, seed: int, name: str, what: str) -> None:
+def fit_stain_sample(normalizer: torch.nn.Module, table: ImageTable, seed: int, what: str) -> None:
     """Fit a stain normaliser (``augment.normalize``) on a seeded sample of ``table``'s
     images; ``what`` names them in the line printed."""
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(table), min(STAIN_FIT_IMAGES, len(table)), replace=False))
     normalizer.fit(torch.from_numpy(table.images(picked)))  # type: ignore[operator]
-    print(f"stain normalisation: {name} fitted on {len(picked)} {what}")
+    print(f"stain normalisation: {normalizer_name(normalizer)} fitted on {len(picked)} {what}")
 
 
 def derived_seed(base: int, *parts: str) -> int:

@@ -303,18 +303,26 @@ STAIN_NORMALIZERS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def build_stain_normalizer(name: str, target: Tensor | None = None) -> nn.Module:
-    """``"none"`` -> identity; ``"macenko"`` / ``"reinhard"`` fitted on ``target`` images."""
+def stain_normalizer(name: str) -> nn.Module:
+    """An unfitted normaliser (``"none"`` -> identity): a model holds it as its input layer,
+    fitted before training or restored, fitted, from a checkpoint's state dict."""
     if name == "none":
         return nn.Identity()
     if name not in STAIN_NORMALIZERS:
         valid = ", ".join(["none", *STAIN_NORMALIZERS])
         raise StainError(f"unknown stain normaliser '{name}' (valid: {valid})")
+    return STAIN_NORMALIZERS[name]()
+
+
+def build_stain_normalizer(name: str, target: Tensor | None = None) -> nn.Module:
+    """``"none"`` -> identity; ``"macenko"`` / ``"reinhard"`` fitted on ``target`` images."""
+    module = stain_normalizer(name)
+    if name == "none":
+        return module
     if target is None:
         raise StainError(f"stain normaliser '{name}' needs target images to fit")
     # Fitted where the target lives, so a CUDA target gives a CUDA normaliser.
-    module = STAIN_NORMALIZERS[name]().to(target.device)
-    return module.fit(target)  # type: ignore[operator]
+    return module.to(target.device).fit(target)  # type: ignore[operator]
 
 
 def normalizer_name(module: nn.Module) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from leukoshift.config import FinetuneConfig
 from leukoshift.domain.augment import build_finetune_augment, to_float
-from leukoshift.domain.stain import STAIN_NORMALIZERS
+from leukoshift.domain.stain import stain_normalizer
 from leukoshift.finetune.loss import GroupCrossEntropy
 from leukoshift.models.backbones import Encoder, backbone_blocks, create_backbone, family
 from leukoshift.taxonomy import FINE_CLASSES, LABEL_CODES
@@ -61,10 +61,9 @@ class ClassifierModule(pl.LightningModule):
         backbone = create_backbone(
             model_cfg.backbone, img_size=size, pretrained=model_cfg.pretrained, **model_cfg.kwargs
         )
-        # An unfitted normaliser: `training.fit_stain_sample` fits it before training, and a checkpoint's
-        # state dict restores the fitted one.
-        normalize = self.cfg.augment.normalize
-        self.encoder = Encoder(backbone, stain=STAIN_NORMALIZERS[normalize]() if normalize != "none" else None)
+        # An unfitted normaliser: `training.fit_stain_sample` fits it before training, and a
+        # checkpoint's state dict restores the fitted one.
+        self.encoder = Encoder(backbone, stain=stain_normalizer(self.cfg.augment.normalize))
         self.head = nn.Sequential(
             nn.Dropout(model_cfg.drop_rate), nn.Linear(self.encoder.feature_dim, len(FINE_CLASSES))
         )

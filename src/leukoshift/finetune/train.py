@@ -98,7 +98,7 @@ def build_module(cfg: FinetuneConfig, train: ImageTable) -> ClassifierModule:
     }
     module = ClassifierModule(config_to_dict(cfg), weights.tolist(), train.source_names, summary)
     if cfg.augment.normalize != "none":
-        fit_stain_sample(module.encoder.stain, train, cfg.trainer.seed, cfg.augment.normalize, "training images")
+        fit_stain_sample(module.encoder.stain, train, cfg.trainer.seed, "training images")
     if cfg.model.init is not None:
         load_backbone_weights(module.encoder.backbone, cfg.model.init)
         trained_with = init_stain_normalization(Path(cfg.model.init))

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from leukoshift.config import ImageConfig
 from leukoshift.domain.stain import normalizer_from_card
 from leukoshift.errors import UserError
@@ -59,8 +57,7 @@ def load_encoder(path: Path | str) -> LoadedEncoder:
 
         cfg = PretrainConfig.model_validate(config)
         module = METHODS[cfg.method].load_from_checkpoint(path, map_location="cpu", weights_only=False)
-        stain = module.stain if not isinstance(module.stain, nn.Identity) else None
-        encoder = Encoder(module.eval_backbone(), stain=stain)
+        encoder = Encoder(module.eval_backbone(), stain=module.stain)
         image = cfg.data.image.model_copy(update={"size": cfg.multicrop.global_size})
         return LoadedEncoder(encoder.eval(), image, "ssl", {"backbone": cfg.model.backbone, "method": cfg.method})
     from leukoshift.finetune.module import ClassifierModule

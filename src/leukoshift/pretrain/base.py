@@ -20,7 +20,7 @@ from torch import nn
 
 from leukoshift.config import PretrainConfig
 from leukoshift.domain.augment import build_multicrop
-from leukoshift.domain.stain import STAIN_NORMALIZERS
+from leukoshift.domain.stain import stain_normalizer
 from leukoshift.models.backbones import Normalize, create_backbone, family
 
 
@@ -81,8 +81,7 @@ class SSLModule(pl.LightningModule):
         # Optional stain normaliser (``augment.normalize``), fitted on pool images before
         # training (``training.fit_stain_sample``); Identity holds no state, so runs without
         # one keep their checkpoints' keys.
-        normalize = self.cfg.augment.normalize
-        self.stain: nn.Module = STAIN_NORMALIZERS[normalize]() if normalize != "none" else nn.Identity()
+        self.stain = stain_normalizer(self.cfg.augment.normalize)
         self.normalize = Normalize()
         self.multicrop = build_multicrop(self.cfg.multicrop, self.cfg.augment)
         self._loss_shown = LaggedScalar()

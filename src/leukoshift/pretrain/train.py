@@ -128,7 +128,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
     if cfg.augment.normalize != "none":
         # Fitted on the pool as drawn, so its target is mostly the largest lab's stain; a
         # fine-tune from this backbone refits on its own training images.
-        fit_stain_sample(module.stain, pool, cfg.trainer.seed, cfg.augment.normalize, "pool images")
+        fit_stain_sample(module.stain, pool, cfg.trainer.seed, "pool images")
     if cfg.model.init is not None:
         load_backbone_weights(module.backbone, cfg.model.init)
         if isinstance(module, DINO):
