@@ -33,7 +33,8 @@ finetune() {
 # simclr NAME [ARGS...]: configs/simclr_shared_cpu.yaml pretrained into $OUT/simclr_NAME with
 # ARGS (the run's --set overrides), skipped when its backbone exists and resumed from its
 # last.ckpt when an earlier try was cut off; then its online-monitor log and the frozen
-# features' kNN on PBC test and the three other labs (ssl_knn.py) kept in $RES.
+# features' kNN on PBC test and the three other labs (ssl_knn.py) kept in $RES, the kNN
+# not rerun while its JSON is newer than the backbone.
 simclr() {
     local name=$1 run=$OUT/simclr_$1
     shift
@@ -43,8 +44,11 @@ simclr() {
         $LS ssl pretrain "${resume[@]}" -c configs/simclr_shared_cpu.yaml --out "$run" --set trainer.progress=false "$@"
     fi
     cp "$run/monitor.json" "$RES/simclr_${name}_monitor.json"
-    $PY benchmarks/ssl_knn.py --backbone "$run/backbone.safetensors" --external runs/data/cellavision.csv \
-        --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$RES/simclr_${name}_knn_external.json"
+    local knn=$RES/simclr_${name}_knn_external.json
+    if [ ! "$knn" -nt "$run/backbone.safetensors" ]; then
+        $PY benchmarks/ssl_knn.py --backbone "$run/backbone.safetensors" --external runs/data/cellavision.csv \
+            --external runs/data/bccd_crops.csv --external runs/data/bionet.csv --json-out "$knn"
+    fi
 }
 
 # The checkpoints compared per LP-FT run: its linear probe, its end and three WiSE averages.

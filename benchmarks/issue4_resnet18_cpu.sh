@@ -12,7 +12,9 @@
 # network in pretraining (fitted on pool images) and in both fine-tunes (fitted on PBC
 # training images), as benchmarks/issue4_reinhard_cpu.sh did for fine-tuning alone. A
 # finished pretraining is not rerun and an interrupted one resumes from its last.ckpt.
-# Seeds in SEEDS (default 0 1 2). Results: benchmarks/results/issue4/.
+# Seeds in SEEDS (default 0 1 2). SSL_ARM=ft replaces the pairs by fine-tuning from the SSL
+# backbone with no head warm-up (the random-init recipe with --init alone, two seeds side
+# by side; their random-init runs must exist). Results: benchmarks/results/issue4/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/issue4_recipe.sh
@@ -31,14 +33,30 @@ simclr "$NAME" "${R18[@]}" --set simclr.negatives=same_source --set data.source_
 $LS data cache runs/data/{pbc,cellavision,bccd_crops,bionet}.csv --set image.size=64 --set image.preprocess=ruler \
     --set "image.red_cell_px=$RULER_SCALES" --set image.ruler_scale=image
 
-for seed in ${SEEDS:-0 1 2}; do
-    pair "$seed" "ft_r18_random_${TAG}_seed$seed" "ft_${NAME}_lpft_rulerimg_seed$seed" "$SSL" "${ARGS[@]}"
-done
+SEEDS=(${SEEDS:-0 1 2})
+if [ "${SSL_ARM:-lpft}" = ft ]; then
+    for ((i = 0; i < ${#SEEDS[@]}; i += 2)); do
+        for seed in "${SEEDS[@]:i:2}"; do
+            finetune "ft_${NAME}_ft_rulerimg_seed$seed" "$seed" 1 --init "$SSL" "${ARGS[@]}" &
+        done
+        wait
+    done
+else
+    for seed in "${SEEDS[@]}"; do
+        pair "$seed" "ft_r18_random_${TAG}_seed$seed" "ft_${NAME}_lpft_rulerimg_seed$seed" "$SSL" "${ARGS[@]}"
+    done
+fi
+# Every run of either arm there is, rescored (with each image's prediction, for --bootstrap)
+# and folded over SEEDS; the plain-FT row where its runs exist.
 mapfile -t SSL_CKPTS < <(seed_ckpts "ft_${NAME}_lpft_rulerimg")
-$PY benchmarks/rescore.py "$OUT"/ft_r18_random_${TAG}_seed*/best.ckpt "${SSL_CKPTS[@]}" \
+PLAIN_FT=("$OUT"/ft_${NAME}_ft_rulerimg_seed*/best.ckpt)
+[ -f "${PLAIN_FT[0]}" ] || PLAIN_FT=()
+$PY benchmarks/rescore.py "$OUT"/ft_r18_random_${TAG}_seed*/best.ckpt "${SSL_CKPTS[@]}" "${PLAIN_FT[@]}" \
     --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_r18_${TAG}.json"
-$PY benchmarks/seed_table.py "$RES/rescore_r18_${TAG}.json" --seeds "$(echo ${SEEDS:-0 1 2} | tr ' ' ,)" \
+FT_ROW=()
+[ ${#PLAIN_FT[@]} -eq 0 ] || FT_ROW=(--row "ResNet-18, SimCLR FT (no head warm-up)=ft_${NAME}_ft_rulerimg")
+$PY benchmarks/seed_table.py "$RES/rescore_r18_${TAG}.json" --seeds "$(echo "${SEEDS[@]}" | tr ' ' ,)" \
     --row "ResNet-18, SimCLR LP-FT=ft_${NAME}_lpft_rulerimg" \
-    --row "ResNet-18, SimCLR WiSE 0.5=ft_${NAME}_lpft_rulerimg/wise0.5" \
-    --baseline "ResNet-18, random plain=ft_r18_random_${TAG}" --recall plain \
+    --row "ResNet-18, SimCLR WiSE 0.5=ft_${NAME}_lpft_rulerimg/wise0.5" "${FT_ROW[@]}" \
+    --baseline "ResNet-18, random plain=ft_r18_random_${TAG}" --recall plain --bootstrap 2000 \
     --json-out "$RES/seed_table_r18_${TAG}.json"

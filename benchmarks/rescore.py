@@ -2,13 +2,15 @@
 label set, with AdaBN, and with both.
 
     python benchmarks/rescore.py runs/bench/ft_*/best.ckpt --json-out benchmarks/results/issue4/rescore.json
+    python benchmarks/rescore.py runs/bench/ft_*/best.ckpt --tta --json-out .../rescore_tta.json  # 8 views an image
 
 Every external lab at the 5-type level, as `leukoshift finetune` scores them; "within"
 restricts predictions to NE, EO, BA, LY, MO (`evaluate --classes`), "adabn" re-estimates
 batch-norm statistics on each lab's own images (`evaluate --adapt-bn`). Prints one
 Markdown row per checkpoint and variant, macro-F1 (accuracy); the JSON also keeps each
 variant's recall per type (which cells a macro-F1 gap comes from; `seed_table.py --recall`
-folds it over seeds).
+folds it over seeds) and each image's true and predicted type, in manifest order (what
+`seed_table.py --bootstrap` resamples).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from leukoshift.data.loaders import load_table
 from leukoshift.eval.adapt import predict_adapted
 from leukoshift.eval.evaluate import image_config_of, load_classifier, predict_table
-from leukoshift.eval.metrics import score
+from leukoshift.eval.metrics import compare_codes, score
 from leukoshift.taxonomy import WBC5
 
 EXTERNAL = ("runs/data/cellavision.csv", "runs/data/bccd_crops.csv", "runs/data/bionet.csv")
@@ -36,34 +38,38 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 
 
-def rescore(checkpoint: Path, manifests: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{variant: {lab: {macro_f1, accuracy, recall: {type: recall}}}} for one checkpoint; a
-    lab's recall has the types it has."""
+def rescore(checkpoint: Path, manifests: list[Path], tta: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """{variant: {lab: {macro_f1, accuracy, recall: {type: recall}, true: [type], pred:
+    [type]}}} for one checkpoint; a lab's recall has the types it has. ``tta``: every
+    variant from probabilities averaged over each image's eight dihedral views."""
     model = load_classifier(checkpoint)
     out: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in VARIANTS}
     for manifest in manifests:
         table = load_table([manifest], image_config_of(model), split="all", labelled=True, progress=False)
         truth = list(table.frame["label"])
         probs: dict[str, np.ndarray] = {
-            "plain": predict_table(model, table, progress=False),
-            "adabn": predict_adapted(model, table),
+            "plain": predict_table(model, table, progress=False, tta=tta),
+            "adabn": predict_adapted(model, table, tta=tta),
         }
         for variant, (which, classes) in VARIANTS.items():
             s = score(probs[which], truth, level="group", classes=classes)
+            true, pred, _, _ = compare_codes(probs[which], truth, level="group", classes=classes)
             out[variant][manifest.stem] = {
                 "macro_f1": s.macro_f1,
                 "accuracy": s.accuracy,
                 "recall": {str(code): float(row["recall"]) for code, row in s.per_class.iterrows()},
+                "true": true,
+                "pred": pred,
             }
     return out
 
 
-def score_split(checkpoint: Path, manifest: Path, split: str = "test") -> dict[str, float]:
+def score_split(checkpoint: Path, manifest: Path, split: str = "test", tta: bool = False) -> dict[str, float]:
     """The checkpoint on a split of its own lab, at each row's finest level, as
     `leukoshift finetune` scores "val" and "test"."""
     model = load_classifier(checkpoint)
     table = load_table([manifest], image_config_of(model), split=split, labelled=True, progress=False)
-    s = score(predict_table(model, table, progress=False), list(table.frame["label"]), level="auto")
+    s = score(predict_table(model, table, progress=False, tta=tta), list(table.frame["label"]), level="auto")
     return {"macro_f1": s.macro_f1, "accuracy": s.accuracy}
 
 
@@ -80,6 +86,11 @@ def main() -> None:
         default=None,
         help="also score the validation split of this manifest: what seed_table.py --select val picks by",
     )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="score every variant (and val/test) on probabilities averaged over each image's eight dihedral views",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     manifests = args.external or [Path(m) for m in EXTERNAL]
@@ -89,10 +100,10 @@ def main() -> None:
     for ckpt in args.checkpoints:
         # best.ckpt is named by its run; other checkpoints of a run (wise0.5.ckpt) by run/stem
         name = ckpt.parent.name if ckpt.stem == "best" else f"{ckpt.parent.name}/{ckpt.stem}"
-        results[name] = {"checkpoint": str(ckpt), **rescore(ckpt, manifests)}
+        results[name] = {"checkpoint": str(ckpt), **rescore(ckpt, manifests, args.tta)}
         for split, manifest in (("val", args.val), ("test", args.test)):
             if manifest:
-                results[name][split] = own = score_split(ckpt, manifest, split)
+                results[name][split] = own = score_split(ckpt, manifest, split, args.tta)
                 cell = f"{own['macro_f1']:.3f} ({own['accuracy']:.3f})"
                 print(f"| {name} | {manifest.stem} {split} | {cell} |", flush=True)
         for variant in VARIANTS:

@@ -12,7 +12,12 @@ after the table, one line per scoring and candidate names the labs where its mea
 every baseline's (issue 4's bar: an SSL row above random init on every lab), each with the
 largest one-sided Mann-Whitney p over the baselines. `--recall within` adds each row's
 recall per white-cell type and lab in that scoring, mean over its seeds: which cells a
-macro-F1 gap comes from.
+macro-F1 gap comes from. `--bootstrap N` asks the other question a small lab raises (100
+CellaVision images, three basophils): would the gap survive other images of the same
+lab? It resamples each lab's images N times, the same draws for every run (a paired
+bootstrap; rescore.py keeps each image's true and predicted type), and reports per
+scoring and lab the candidate's mean over seeds minus the best baseline's, its 95 %
+interval and the share of draws where it is above. Seed noise is the Mann-Whitney p's.
 
 A row may name several groups, ``LABEL=GROUP|GROUP|...`` (a run's checkpoints: LP-FT's
 end, its WiSE averages, its linear probe), and `--select` says which one each seed
@@ -37,6 +42,8 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import mannwhitneyu
+
+from leukoshift.eval.metrics import resampled_macro_f1
 
 LABS = ("cellavision", "bccd_crops", "bionet")
 SCORINGS = ("plain", "within", "adabn", "adabn+within")
@@ -214,6 +221,66 @@ def wins(row: dict[str, dict[str, Any]], baselines: list[dict[str, dict[str, Any
     return [lab for lab in LABS if all(mean(row[lab]) > mean(base[lab]) for base in baselines)]
 
 
+def bootstrap(
+    groups: Groups, rows: list[Row], baselines: list[str], picks: dict[str, Any], n: int, seed: int = 0
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{scoring: {label: {lab: {gap, low, high, above}}}} for each candidate row against the
+    baselines: over `n` resamples of each lab's images (the same draws for every run and
+    scoring), the row's mean macro-F1 over its seeds minus the highest baseline mean;
+    ``gap`` on the lab's own images, ``low``/``high`` the 2.5 and 97.5 percentiles,
+    ``above`` the share of draws with a positive gap."""
+    rng = np.random.default_rng(seed)
+    labels = {label for label, _ in rows}
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {s: {} for s in SCORINGS}
+    for lab in LABS:
+        entries = {
+            (scoring, label, run_seed): groups[g][run_seed][scoring][lab]
+            for scoring in SCORINGS
+            for label in labels
+            for run_seed, g in picks[label][scoring][lab].items()
+        }
+        unscored = sorted({label for (_, label, _), e in entries.items() if "pred" not in e})
+        if unscored:
+            raise SystemExit(
+                f"error: {', '.join(unscored)}: no per-image predictions on {lab}; rescore them with rescore.py"
+            )
+        truth = next(iter(entries.values()))["true"]
+        differing = sorted({label for (_, label, _), e in entries.items() if e["true"] != truth})
+        if differing:
+            raise SystemExit(f"error: {', '.join(differing)}: scored on other {lab} images than the first row")
+        draws = np.vstack([np.arange(len(truth)), rng.integers(0, len(truth), size=(n, len(truth)))])
+        f1 = {key: resampled_macro_f1(truth, e["pred"], draws) for key, e in entries.items()}
+        for scoring in SCORINGS:
+            mean = {
+                label: np.mean([v for (s, lb, _), v in f1.items() if s == scoring and lb == label], axis=0)
+                for label in labels
+            }
+            best_baseline = np.max([mean[b] for b in baselines], axis=0)
+            for label, _ in rows:
+                if label in baselines:
+                    continue
+                gap = mean[label] - best_baseline
+                out[scoring].setdefault(label, {})[lab] = {
+                    "gap": float(gap[0]),
+                    "low": float(np.percentile(gap[1:], 2.5)),
+                    "high": float(np.percentile(gap[1:], 97.5)),
+                    "above": float(np.mean(gap[1:] > 0)),
+                }
+    return out
+
+
+def bootstrap_markdown(gaps: dict[str, dict[str, dict[str, dict[str, float]]]], n: int) -> str:
+    lines = [f"bootstrap over each lab's images ({n} draws): candidate minus the best baseline, mean over seeds"]
+    for scoring, by_label in gaps.items():
+        for label, by_lab in by_label.items():
+            cells = "; ".join(
+                f"{lab} {g['gap']:+.3f} ({g['low']:+.3f} to {g['high']:+.3f}, above in {g['above']:.0%})"
+                for lab, g in by_lab.items()
+            )
+            lines.append(f"{scoring}: {label}: {cells}")
+    return "\n".join(lines)
+
+
 def p_above(row: dict[str, Any], baselines: list[dict[str, Any]]) -> float:
     """The largest over baselines of the one-sided Mann-Whitney U p-value that the row's
     seeds score higher than the baseline's: how well a mean win is told apart from seed
@@ -256,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="seeds to keep, e.g. 0-2,5 (default: all)")
     parser.add_argument("--select", choices=SELECTIONS, help="which group of a several-group row each seed reports")
     parser.add_argument("--recall", choices=SCORINGS, help="also fold recall per type in this scoring")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="N",
+        help="also resample each lab's images N times (e.g. 2000): the gap's 95 %% interval over images",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the folded numbers here")
     args = parser.parse_args(argv)
     rows: list[Row] = []
@@ -279,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + picks_markdown(result["picks"], rows, args.select))
     if args.recall:
         print("\n" + recall_markdown(result["recall"][args.recall], args.recall))
+    if args.bootstrap:
+        if not baselines:
+            parser.error("--bootstrap needs a --baseline to measure the gap to")
+        result["bootstrap"] = bootstrap(groups, rows, baselines, result["picks"], args.bootstrap)
+        print("\n" + bootstrap_markdown(result["bootstrap"], args.bootstrap))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -47,6 +47,14 @@ RedCellOpt = Annotated[
     float | None,
     typer.Option(min=1.0, help="ruler-framed models: the images' red-cell diameter, px (`leukoshift data ruler`)"),
 ]
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta",
+        help="average each image's probabilities over its eight 90-degree rotations and mirror images "
+        "(8x the compute; cells have no up)",
+    ),
+]
 
 
 # ----------------------------------------------------------------------------- data
@@ -469,6 +477,7 @@ def evaluate(
         ),
     ] = False,
     red_cell_px: RedCellOpt = None,
+    tta: TtaOpt = False,
 ) -> None:
     """Score a checkpoint on a manifest: metrics, confusion matrix, predictions."""
     from leukoshift.eval.evaluate import run_evaluate
@@ -493,6 +502,7 @@ def evaluate(
         classes=label_set,
         adapt_bn=adapt_bn,
         red_cell_px=red_cell_px,
+        tta=tta,
     )
     console.print(
         f"n={m['n']} level={m['level']} macro-F1 {m['macro_f1']:.3f} accuracy {m['accuracy']:.3f} "
@@ -508,11 +518,12 @@ def predict(
     threshold: Annotated[float, typer.Option(help="flag predictions below this probability")] = 0.5,
     source: SourceOpt = None,
     red_cell_px: RedCellOpt = None,
+    tta: TtaOpt = False,
 ) -> None:
     """Predict cell classes for image files or folders (top-3 classes and probabilities)."""
     from leukoshift.eval.evaluate import run_predict
 
-    run_predict(checkpoint, paths, out, threshold=threshold, source=source, red_cell_px=red_cell_px)
+    run_predict(checkpoint, paths, out, threshold=threshold, source=source, red_cell_px=red_cell_px, tta=tta)
 
 
 @benchmark_app.command("loso")

@@ -84,8 +84,8 @@ def test_rescore_script_agrees_with_the_library(tiny_run: Path, synth_manifest: 
     """``benchmarks/rescore.py``: the four variants issue 4 reports, each as evaluate computes it."""
     import importlib.util
 
-    from leukoshift.eval.metrics import score
-    from leukoshift.taxonomy import WBC5
+    from leukoshift.eval.metrics import resampled_macro_f1, score
+    from leukoshift.taxonomy import WBC5, group_of
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "rescore.py"
     spec = importlib.util.spec_from_file_location("rescore", path)
@@ -109,6 +109,11 @@ def test_rescore_script_agrees_with_the_library(tiny_run: Path, synth_manifest: 
         assert got["macro_f1"] == pytest.approx(s.macro_f1) and got["accuracy"] == pytest.approx(s.accuracy), variant
         recall = {str(code): float(row["recall"]) for code, row in s.per_class.iterrows()}
         assert got["recall"] == pytest.approx(recall), variant
+        # each image's codes, in manifest order: what seed_table.py --bootstrap resamples
+        assert len(got["true"]) == len(got["pred"]) == len(truth), variant
+        assert [t == group_of(c) for t, c in zip(got["true"], truth, strict=True)] == [True] * len(truth)
+        whole = resampled_macro_f1(got["true"], got["pred"], np.arange(len(truth))[None])
+        assert whole[0] == pytest.approx(s.macro_f1), variant
     # recall is per type of the lab's truth: the synthetic lab carries every type
     assert set(WBC5) <= set(out["within"][synth_manifest.stem]["recall"])
     assert out["within"][synth_manifest.stem] != out["plain"][synth_manifest.stem]

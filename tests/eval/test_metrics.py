@@ -15,7 +15,16 @@ from sklearn.metrics import (
 )
 
 from leukoshift.errors import UserError
-from leukoshift.eval.metrics import CODE_ORDER, predictions_frame, restrict_to, row_levels, score
+from leukoshift.eval.metrics import (
+    CODE_ORDER,
+    ScoringError,
+    compare_codes,
+    predictions_frame,
+    resampled_macro_f1,
+    restrict_to,
+    row_levels,
+    score,
+)
 from leukoshift.taxonomy import FINE_CLASSES, FINE_INDEX, WBC5
 
 
@@ -184,3 +193,24 @@ def test_label_set_turns_out_of_set_predictions_into_in_set_ones() -> None:
     assert within.macro_f1 == pytest.approx(1.0)
     assert {"IG", "PLT"} <= set(plain.confusion.columns)
     assert set(within.confusion.columns) <= set(WBC5)
+
+
+def test_resampled_macro_f1_is_score_on_each_resample() -> None:
+    rng = np.random.default_rng(0)
+    truth = [*rng.choice(["NE", "EO", "LY", "MO"], size=40), "BA"]  # one basophil
+    pred = list(rng.choice(["SNE", "BNE", "EO", "LY", "MO", "ERB", "BA"], size=41))
+    probs = one_hot(pred)
+    true, got, _, _ = compare_codes(probs, truth, level="group")
+    draws = rng.integers(0, len(true), size=(200, len(true)))
+    draws[0] = np.arange(len(true))  # the sample itself
+    draws[1] = np.zeros(len(true), dtype=int)  # one image 41 times
+    resampled = resampled_macro_f1(true, got, draws)
+    assert resampled[0] == pytest.approx(score(probs, truth, level="group").macro_f1)
+    expected = [score(probs[d], [truth[i] for i in d], level="group").macro_f1 for d in draws]
+    np.testing.assert_allclose(resampled, expected)
+    # about a third of the draws miss the one basophil ((40/41)^41), and average over one class fewer
+    assert sum("BA" not in {truth[i] for i in d} for d in draws) > 40
+    with pytest.raises(ScoringError, match="draws must be"):
+        resampled_macro_f1(true, got, np.array([[0, len(true)]]))
+    with pytest.raises(ScoringError, match="40 true codes against 41"):
+        resampled_macro_f1(true[:40], got, draws)

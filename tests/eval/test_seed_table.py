@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sklearn.metrics import f1_score
 
 from tests.pretrain.test_throughput_paths import load_benchmark
 
@@ -187,3 +188,64 @@ def test_seed_table_refuses_a_selection_it_cannot_make(tmp_path: Path) -> None:
         seed_table.main([str(path), "--row", "SSL=ft_ssl|ft_ssl/wise0.5", "--select", "val", "--seeds", "0"])
     with pytest.raises(SystemExit):
         seed_table.main([str(path), "--row", "SSL=ft_ssl|", "--select", "val"])
+
+
+def with_images(entry: dict[str, Any], true: list[str], pred: list[str]) -> dict[str, Any]:
+    """`entry` with these per-image codes on every lab and scoring, as rescore.py keeps them."""
+    for scoring in entry.values():
+        for lab in LABS:
+            scoring[lab].update(true=true, pred=pred)
+    return entry
+
+
+def test_seed_table_bootstraps_the_gap_over_each_labs_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed_table = load_benchmark("seed_table")
+    truth = ["NE"] * 40 + ["LY"] * 40 + ["BA"] * 2
+    all_right = list(truth)
+    one_basophil_missed = ["NE"] * 40 + ["LY"] * 40 + ["BA", "NE"]
+    half_wrong = ["NE"] * 20 + ["LY"] * 20 + ["LY"] * 40 + ["NE"] * 2
+    path = write(
+        tmp_path / "a.json",
+        {
+            "ft_good_seed0": with_images(run((0.5, 0.5, 0.5)), truth, all_right),
+            "ft_good_seed1": with_images(run((0.5, 0.5, 0.5)), truth, all_right),
+            # ahead of the baseline by one basophil of one seed, the same on the other seed
+            "ft_lucky_seed0": with_images(run((0.5, 0.5, 0.5)), truth, all_right),
+            "ft_lucky_seed1": with_images(run((0.5, 0.5, 0.5)), truth, half_wrong),
+            "ft_random_seed0": with_images(run((0.5, 0.5, 0.5)), truth, one_basophil_missed),
+            "ft_random_seed1": with_images(run((0.5, 0.5, 0.5)), truth, half_wrong),
+            "ft_old_seed0": run((0.5, 0.5, 0.5)),
+            "ft_old_seed1": run((0.5, 0.5, 0.5)),
+        },
+    )
+    out = tmp_path / "table.json"
+    argv = [str(path), "--row", "good=ft_good", "--row", "lucky=ft_lucky", "--baseline", "random=ft_random"]
+    assert seed_table.main([*argv, "--bootstrap", "500", "--json-out", str(out)]) == 0
+    gaps = json.loads(out.read_text())["bootstrap"]
+    assert set(gaps) == {"plain", "within", "adabn", "adabn+within"} and set(gaps["plain"]) == {"good", "lucky"}
+    good, lucky = gaps["plain"]["good"]["bionet"], gaps["plain"]["lucky"]["bionet"]
+    # On the lab's own images the gap is the difference of the seed means.
+    f1 = {
+        name: f1_score(truth, pred, labels=["NE", "BA", "LY"], average="macro")
+        for name, pred in (("missed", one_basophil_missed), ("half", half_wrong))
+    }
+    assert good["gap"] == pytest.approx(1.0 - (f1["missed"] + f1["half"]) / 2)
+    assert lucky["gap"] == pytest.approx((1.0 - f1["missed"]) / 2)
+    # Right everywhere: every draw favours it.
+    assert good["above"] == 1.0 and 0 < good["low"] <= good["gap"] <= good["high"]
+    # Ahead by one basophil: a draw without that image is a tie, about (81/82)^82 = 37 % of them.
+    assert lucky["low"] == 0.0 and 0.5 < lucky["above"] < 0.75
+    assert gaps["within"]["good"] == gaps["plain"]["good"]  # the same draws for every scoring
+    printed = capsys.readouterr().out
+    assert "bootstrap over each lab's images (500 draws)" in printed
+    assert "plain: lucky: cellavision +0.058 (+0.000 to " in printed
+    with pytest.raises(SystemExit, match="old: no per-image predictions on cellavision"):
+        seed_table.main([str(path), "--row", "old=ft_old", "--baseline", "random=ft_random", "--bootstrap", "10"])
+    other = write(tmp_path / "b.json", {"ft_other_seed0": with_images(run((0.5, 0.5, 0.5)), truth[::-1], all_right)})
+    argv = [str(path), str(other), "--row", "other=ft_other", "--baseline", "random=ft_random", "--seeds", "0"]
+    with pytest.raises(SystemExit, match="scored on other cellavision images"):
+        seed_table.main([*argv, "--bootstrap", "10"])
+    with pytest.raises(SystemExit):
+        seed_table.main([str(path), "--row", "good=ft_good", "--bootstrap", "10"])  # no baseline to measure against

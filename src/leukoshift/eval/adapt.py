@@ -24,6 +24,7 @@ from torch import nn
 from leukoshift.data.loaders import ImageTable
 from leukoshift.errors import UserError
 from leukoshift.eval.embed import embed_table
+from leukoshift.eval.evaluate import class_probabilities
 from leukoshift.taxonomy import FINE_CLASSES
 
 
@@ -53,9 +54,16 @@ def adapt_batchnorm(
 
 
 def predict_adapted(
-    model: nn.Module, table: ImageTable, batch_size: int = 256, device: str = "cpu", progress: bool = False
+    model: nn.Module,
+    table: ImageTable,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: bool = False,
+    tta: bool = False,
 ) -> np.ndarray:
-    """(N, 11) probabilities, each source's rows predicted by a copy adapted to that source."""
+    """(N, 11) probabilities, each source's rows predicted by a copy adapted to that source
+    (``tta``: averaged over each image's eight dihedral views; the statistics are
+    estimated on the images as they are)."""
     probs = np.zeros((len(table), len(FINE_CLASSES)), dtype=np.float32)
     sources = table.frame["source"].to_numpy()
     for source in dict.fromkeys(sources):
@@ -63,7 +71,7 @@ def predict_adapted(
         part = table.subset(rows)
         adapted = adapt_batchnorm(model, part, batch_size, device, progress)
         out = embed_table(
-            lambda x, m=adapted: m(x).float().softmax(1), part, batch_size=batch_size, device=device, progress=progress
+            class_probabilities(adapted, tta), part, batch_size=batch_size, device=device, progress=progress
         )
         probs[rows] = out
     return probs

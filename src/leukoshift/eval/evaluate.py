@@ -9,13 +9,14 @@ prepared differently from the ones it learned on.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from leukoshift.config import ImageConfig
 from leukoshift.data.cache import check_framing
@@ -48,15 +49,36 @@ def image_config_of(model: Any) -> ImageConfig:
     return model.cfg.data.image
 
 
+def class_probabilities(model: Callable[[Tensor], Tensor], tta: bool = False) -> Callable[[Tensor], Tensor]:
+    """``x -> model(x).softmax(1)`` in float32; with ``tta``, averaged over the eight
+    dihedral views of each image (four 90-degree rotations, each also mirrored). Cells
+    have no up and every recipe trains with these views, so the average asks the same
+    question eight times and no longer depends on how a slide was turned; it costs eight
+    forward passes. Square images only (every framing prepares them square)."""
+
+    def plain(x: Tensor) -> Tensor:
+        return model(x).float().softmax(1)
+
+    def averaged(x: Tensor) -> Tensor:
+        views = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+        return torch.stack([plain(v) for view in views for v in (view, view.flip(-1))]).mean(0)
+
+    return averaged if tta else plain
+
+
 def predict_table(
-    model: Any, table: ImageTable, batch_size: int = 256, device: str | None = None, progress: bool = True
+    model: Any,
+    table: ImageTable,
+    batch_size: int = 256,
+    device: str | None = None,
+    progress: bool = True,
+    tta: bool = False,
 ) -> np.ndarray:
-    """(N, 11) fine-class probabilities for every row of ``table``."""
+    """(N, 11) fine-class probabilities for every row of ``table`` (``tta``: averaged over
+    each image's eight dihedral views, :func:`class_probabilities`)."""
     device = device or default_device()
     model = model.to(device).eval()
-    return embed_table(
-        lambda x: model(x).float().softmax(1), table, batch_size=batch_size, device=device, progress=progress
-    )
+    return embed_table(class_probabilities(model, tta), table, batch_size=batch_size, device=device, progress=progress)
 
 
 def evaluate_table(model: Any, table: ImageTable, level: str = "auto", progress: bool = False) -> Scores:
@@ -82,6 +104,7 @@ def run_evaluate(
     classes: Sequence[str] | None = None,
     adapt_bn: bool = False,
     red_cell_px: float | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` on the labelled rows of ``split`` and write everything to ``out``.
 
@@ -90,7 +113,8 @@ def run_evaluate(
     ``predictions.csv`` as well. ``adapt_bn``: each source's rows are predicted by a copy
     of the model whose batch-norm statistics are re-estimated on that source's images
     (:mod:`leukoshift.eval.adapt`; labels unused). ``red_cell_px``: ruler-framed models
-    frame every row at this scale (a lab the model was not given a scale for).
+    frame every row at this scale (a lab the model was not given a scale for). ``tta``:
+    each image's probabilities averaged over its eight dihedral views.
     """
     from leukoshift.eval.plots import confusion_png
     from leukoshift.training import write_json
@@ -104,9 +128,9 @@ def run_evaluate(
     if adapt_bn:
         from leukoshift.eval.adapt import predict_adapted
 
-        probs = predict_adapted(model, table, batch_size=batch_size, device=default_device(), progress=True)
+        probs = predict_adapted(model, table, batch_size=batch_size, device=default_device(), progress=True, tta=tta)
     else:
-        probs = predict_table(model, table, batch_size=batch_size)
+        probs = predict_table(model, table, batch_size=batch_size, tta=tta)
     if classes:
         probs = restrict_to(probs, classes)
     scores = score(probs, list(table.frame["label"]), level=level)  # type: ignore[arg-type]
@@ -125,6 +149,7 @@ def run_evaluate(
         "split": split,
         "classes": list(classes) if classes else None,
         "adapt_bn": adapt_bn,
+        "tta": tta,
         "image": image.model_dump(mode="json"),
     }
     write_json(out / "metrics.json", metrics)
@@ -156,8 +181,10 @@ def run_predict(
     batch_size: int = 64,
     source: str | None = None,
     red_cell_px: float | None = None,
+    tta: bool = False,
 ) -> pd.DataFrame:
     """Predict files and folders; unreadable files are listed and skipped, never fatal.
+    ``tta``: probabilities averaged over each image's eight dihedral views.
 
     A ``ruler``-framed model frames the images by ``red_cell_px`` when given, else by the
     scale it was trained with for ``source`` (or its '*' entry); neither: one-line error
@@ -183,11 +210,12 @@ def run_predict(
         raise UserError("no readable image among the inputs")
     device = default_device()
     model = model.to(device)
+    probabilities = class_probabilities(model, tta)
     probs = []
     with torch.inference_mode():
         for i in range(0, len(arrays), batch_size):
             x = torch.from_numpy(np.stack(arrays[i : i + batch_size])).to(device).float() / 255.0
-            probs.append(model(x).float().softmax(1).cpu().numpy())
+            probs.append(probabilities(x).cpu().numpy())
     frame = predictions_frame(np.concatenate(probs), [str(f) for f in kept], threshold=threshold)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_csv, index=False)

@@ -302,6 +302,36 @@ def score(
     )
 
 
+def resampled_macro_f1(true: Sequence[str], pred: Sequence[str], draws: np.ndarray) -> np.ndarray:
+    """Macro-F1 of each resample of one prediction set, as :func:`score` computes it.
+
+    ``true`` and ``pred`` are the codes :func:`compare_codes` returns; ``draws`` is (B, N)
+    indices into them, one resample per row (a bootstrap over images). Each resample
+    averages over the classes present in its own truth, as :func:`score` would on those
+    rows. Vectorised over resamples: a paired bootstrap of a 100-image lab over thousands
+    of draws and a dozen runs takes a second, where one sklearn call per draw takes minutes.
+    """
+    if len(true) != len(pred):
+        raise ScoringError(f"{len(true)} true codes against {len(pred)} predictions")
+    draws = np.asarray(draws)
+    if draws.ndim != 2 or (draws.size and (draws.min() < 0 or draws.max() >= len(true))):
+        raise ScoringError(f"draws must be (B, N) indices below {len(true)}, got shape {draws.shape}")
+    codes = ordered(set(true) | set(pred))
+    index = {code: i for i, code in enumerate(codes)}
+    t = np.asarray([index[c] for c in true])[draws]
+    p = np.asarray([index[c] for c in pred])[draws]
+    f1 = np.zeros((draws.shape[0], len(codes)))
+    present = np.zeros_like(f1, dtype=bool)
+    for k in range(len(codes)):
+        support = (t == k).sum(axis=1)
+        predicted = (p == k).sum(axis=1)
+        hits = ((t == k) & (p == k)).sum(axis=1)
+        # F1 = 2 TP / (support + predicted); zero where the class is neither true nor predicted
+        f1[:, k] = np.divide(2 * hits, support + predicted, out=np.zeros(len(t)), where=support + predicted > 0)
+        present[:, k] = support > 0
+    return (f1 * present).sum(axis=1) / present.sum(axis=1)
+
+
 def predictions_frame(
     fine_probs: np.ndarray,
     paths: Sequence[str],
