@@ -47,7 +47,9 @@ else
     done
 fi
 # Every run of either arm there is, rescored (with each image's prediction, for --bootstrap)
-# and folded over SEEDS; the plain-FT row where its runs exist.
+# and folded over every seed it has, whichever SEEDS this call ran (a call for two new seeds
+# must not leave a two-seed table); the plain-FT row where its runs exist. (The three-seed
+# table of RESULTS.md's first ResNet-18 section is seed_table_r18_rulerimg_reinhard.json.)
 mapfile -t SSL_CKPTS < <(seed_ckpts "ft_${NAME}_lpft_rulerimg")
 PLAIN_FT=("$OUT"/ft_${NAME}_ft_rulerimg_seed*/best.ckpt)
 [ -f "${PLAIN_FT[0]}" ] || PLAIN_FT=()
@@ -55,8 +57,8 @@ $PY benchmarks/rescore.py "$OUT"/ft_r18_random_${TAG}_seed*/best.ckpt "${SSL_CKP
     --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_r18_${TAG}.json"
 FT_ROW=()
 [ ${#PLAIN_FT[@]} -eq 0 ] || FT_ROW=(--row "ResNet-18, SimCLR FT (no head warm-up)=ft_${NAME}_ft_rulerimg")
-$PY benchmarks/seed_table.py "$RES/rescore_r18_${TAG}.json" --seeds "$(echo "${SEEDS[@]}" | tr ' ' ,)" \
+$PY benchmarks/seed_table.py "$RES/rescore_r18_${TAG}.json" \
     --row "ResNet-18, SimCLR LP-FT=ft_${NAME}_lpft_rulerimg" \
     --row "ResNet-18, SimCLR WiSE 0.5=ft_${NAME}_lpft_rulerimg/wise0.5" "${FT_ROW[@]}" \
     --baseline "ResNet-18, random plain=ft_r18_random_${TAG}" --recall plain --bootstrap 2000 \
-    --json-out "$RES/seed_table_r18_${TAG}.json"
+    --json-out "$RES/seed_table_r18_${TAG}_all.json"
