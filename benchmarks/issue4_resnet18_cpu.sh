@@ -14,7 +14,9 @@
 # finished pretraining is not rerun and an interrupted one resumes from its last.ckpt.
 # Seeds in SEEDS (default 0 1 2). SSL_ARM=ft replaces the pairs by fine-tuning from the SSL
 # backbone with no head warm-up (the random-init recipe with --init alone, two seeds side
-# by side; their random-init runs must exist). Results: benchmarks/results/issue4/.
+# by side; their random-init runs must exist); SSL_ARM=ft+random runs that fine-tune and
+# the random-init one of the same seed side by side (new seeds without LP-FT). Results:
+# benchmarks/results/issue4/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/issue4_recipe.sh
@@ -34,7 +36,13 @@ $LS data cache runs/data/{pbc,cellavision,bccd_crops,bionet}.csv --set image.siz
     --set "image.red_cell_px=$RULER_SCALES" --set image.ruler_scale=image
 
 SEEDS=(${SEEDS:-0 1 2})
-if [ "${SSL_ARM:-lpft}" = ft ]; then
+if [ "${SSL_ARM:-lpft}" = ft+random ]; then
+    for seed in "${SEEDS[@]}"; do
+        finetune "ft_r18_random_${TAG}_seed$seed" "$seed" 1 "${ARGS[@]}" &
+        finetune "ft_${NAME}_ft_rulerimg_seed$seed" "$seed" 1 --init "$SSL" "${ARGS[@]}" &
+        wait
+    done
+elif [ "${SSL_ARM:-lpft}" = ft ]; then
     for ((i = 0; i < ${#SEEDS[@]}; i += 2)); do
         for seed in "${SEEDS[@]:i:2}"; do
             finetune "ft_${NAME}_ft_rulerimg_seed$seed" "$seed" 1 --init "$SSL" "${ARGS[@]}" &
@@ -48,13 +56,15 @@ else
 fi
 # Every run of either arm there is, rescored (with each image's prediction, for --bootstrap)
 # and folded over every seed it has, whichever SEEDS this call ran (a call for two new seeds
-# must not leave a two-seed table); the plain-FT row where its runs exist. (The three-seed
-# table of RESULTS.md's first ResNet-18 section is seed_table_r18_rulerimg_reinhard.json.)
+# must not leave a two-seed table); the plain-FT row where its runs exist. --reuse keeps the
+# scores of checkpoints already in the JSON and older than it, so a call for new seeds
+# scores only theirs. (The three-seed table of RESULTS.md's first ResNet-18 section is
+# seed_table_r18_rulerimg_reinhard.json.)
 mapfile -t SSL_CKPTS < <(seed_ckpts "ft_${NAME}_lpft_rulerimg")
 PLAIN_FT=("$OUT"/ft_${NAME}_ft_rulerimg_seed*/best.ckpt)
 [ -f "${PLAIN_FT[0]}" ] || PLAIN_FT=()
 $PY benchmarks/rescore.py "$OUT"/ft_r18_random_${TAG}_seed*/best.ckpt "${SSL_CKPTS[@]}" "${PLAIN_FT[@]}" \
-    --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_r18_${TAG}.json"
+    --val runs/data/pbc.csv --test runs/data/pbc.csv --json-out "$RES/rescore_r18_${TAG}.json" --reuse
 FT_ROW=()
 [ ${#PLAIN_FT[@]} -eq 0 ] || FT_ROW=(--row "ResNet-18, SimCLR FT (no head warm-up)=ft_${NAME}_ft_rulerimg")
 $PY benchmarks/seed_table.py "$RES/rescore_r18_${TAG}.json" \

@@ -11,6 +11,11 @@ Markdown row per checkpoint and variant, macro-F1 (accuracy); the JSON also keep
 variant's recall per type (which cells a macro-F1 gap comes from; `seed_table.py --recall`
 folds it over seeds) and each image's true and predicted type, in manifest order (what
 `seed_table.py --bootstrap` resamples).
+
+With ``--reuse`` a checkpoint already in the ``--json-out`` file, scored there on the same
+labs, splits and views and not rewritten since (older than the file), keeps its scores
+instead of being scored again: a call for two new seeds scores their checkpoints alone,
+not the thirty before them. The file still holds exactly the checkpoints of the call.
 """
 
 from __future__ import annotations
@@ -73,6 +78,21 @@ def score_split(checkpoint: Path, manifest: Path, split: str = "test", tta: bool
     return {"macro_f1": s.macro_f1, "accuracy": s.accuracy}
 
 
+def reusable(
+    entry: dict[str, Any] | None, ckpt: Path, manifests: list[Path], splits: list[str], tta: bool, written: float
+) -> bool:
+    """Whether `entry`, from a rescore JSON last written at mtime `written`, already holds what
+    this call would compute for `ckpt`: the same file, not rewritten since (a rerun WiSE
+    average is), every variant on every lab with each image's codes, the splits asked for,
+    and the same views (entries from before rescore.py recorded ``tta`` were plain)."""
+    if entry is None or entry.get("checkpoint") != str(ckpt) or not ckpt.is_file():
+        return False
+    if ckpt.stat().st_mtime > written or entry.get("tta", False) != tta:
+        return False
+    labs_there = all("pred" in entry.get(variant, {}).get(m.stem, {}) for variant in VARIANTS for m in manifests)
+    return labs_there and all(split in entry for split in splits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", type=Path, nargs="+")
@@ -92,26 +112,47 @@ def main() -> None:
         help="score every variant (and val/test) on probabilities averaged over each image's eight dihedral views",
     )
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the scores of checkpoints already in --json-out, scored the same way and older than it",
+    )
     args = parser.parse_args()
+    if args.reuse and args.json_out is None:
+        parser.error("--reuse reads the scores to keep from --json-out: give it")
     manifests = args.external or [Path(m) for m in EXTERNAL]
+    own_splits = [(split, m) for split, m in (("val", args.val), ("test", args.test)) if m]
+    previous: dict[str, Any] = {}
+    written = 0.0
+    if args.reuse and args.json_out.is_file():
+        previous = json.loads(args.json_out.read_text())
+        written = args.json_out.stat().st_mtime
     results: dict[str, Any] = {}
+    kept = 0
     print("| run | variant | " + " | ".join(m.stem for m in manifests) + " |")
     print("|---|---|" + "---|" * len(manifests))
     for ckpt in args.checkpoints:
         # best.ckpt is named by its run; other checkpoints of a run (wise0.5.ckpt) by run/stem
         name = ckpt.parent.name if ckpt.stem == "best" else f"{ckpt.parent.name}/{ckpt.stem}"
-        results[name] = {"checkpoint": str(ckpt), **rescore(ckpt, manifests, args.tta)}
-        for split, manifest in (("val", args.val), ("test", args.test)):
-            if manifest:
-                results[name][split] = own = score_split(ckpt, manifest, split, args.tta)
-                cell = f"{own['macro_f1']:.3f} ({own['accuracy']:.3f})"
-                print(f"| {name} | {manifest.stem} {split} | {cell} |", flush=True)
+        if reusable(previous.get(name), ckpt, manifests, [split for split, _ in own_splits], args.tta, written):
+            results[name] = previous[name]
+            kept += 1
+        else:
+            results[name] = {"checkpoint": str(ckpt), "tta": args.tta, **rescore(ckpt, manifests, args.tta)}
+            for split, manifest in own_splits:
+                results[name][split] = score_split(ckpt, manifest, split, args.tta)
+        for split, manifest in own_splits:
+            own = results[name][split]
+            cell = f"{own['macro_f1']:.3f} ({own['accuracy']:.3f})"
+            print(f"| {name} | {manifest.stem} {split} | {cell} |", flush=True)
         for variant in VARIANTS:
             cells = [
                 f"{results[name][variant][m.stem]['macro_f1']:.3f} ({results[name][variant][m.stem]['accuracy']:.3f})"
                 for m in manifests
             ]
             print(f"| {name} | {variant} | " + " | ".join(cells) + " |", flush=True)
+    if args.reuse:
+        print(f"{kept} of {len(results)} checkpoints kept from {args.json_out}, {len(results) - kept} scored")
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(results, indent=1))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from leukoshift.data.loaders import ImageTable, load_table
 from leukoshift.errors import UserError
 from leukoshift.eval.adapt import adapt_batchnorm, batchnorm_layers, predict_adapted
 from leukoshift.eval.evaluate import image_config_of, load_classifier, predict_table, run_evaluate
+from tests.pretrain.test_throughput_paths import load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +128,46 @@ def test_rescore_script_agrees_with_the_library(tiny_run: Path, synth_manifest: 
         own[split] = rescore.score_split(tiny_run / "best.ckpt", synth_manifest, split)
         assert own[split] == pytest.approx({"macro_f1": expected_own.macro_f1, "accuracy": expected_own.accuracy})
     assert own["val"] != own["test"]  # the split is honoured, not always "test"
+
+
+def test_rescore_reuse_scores_only_what_changed(
+    tiny_run: Path, synth_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rescore.py --reuse``: a checkpoint scored the same way and not rewritten since keeps
+    its entry; a rewritten checkpoint, other views or another lab are scored again."""
+    rescore = load_benchmark("rescore")
+    out = tmp_path / "rescore.json"
+    ckpt = tiny_run / "best.ckpt"
+
+    def call(*extra: str) -> dict[str, Any]:
+        argv = ["rescore.py", str(ckpt), "--external", str(synth_manifest), "--test", str(synth_manifest)]
+        monkeypatch.setattr(sys, "argv", [*argv, "--json-out", str(out), *extra])
+        rescore.main()
+        return json.loads(out.read_text())
+
+    first = call()
+    name = tiny_run.name
+    assert first[name]["tta"] is False and "test" in first[name]
+    # A sentinel no scoring produces shows whether the entry was kept or recomputed.
+    first[name]["plain"][synth_manifest.stem]["macro_f1"] = -1.0
+    out.write_text(json.dumps(first))
+    assert call("--reuse")[name]["plain"][synth_manifest.stem]["macro_f1"] == -1.0
+    assert call("--reuse", "--tta")[name]["tta"] is True  # other views: scored again
+    assert call("--reuse")[name]["tta"] is False  # and back
+    fresh = call("--reuse")[name]["plain"][synth_manifest.stem]["macro_f1"]
+    assert fresh >= 0.0
+    # Without --reuse, or once the checkpoint is newer than the file, nothing is kept.
+    first[name]["plain"][synth_manifest.stem]["macro_f1"] = -1.0
+    out.write_text(json.dumps(first))
+    assert call()[name]["plain"][synth_manifest.stem]["macro_f1"] == pytest.approx(fresh)
+    out.write_text(json.dumps(first))
+    later = out.stat().st_mtime + 10
+    os.utime(ckpt, (later, later))
+    assert call("--reuse")[name]["plain"][synth_manifest.stem]["macro_f1"] == pytest.approx(fresh)
+    # An entry without the split asked for is incomplete: scored again.
+    out.write_text(json.dumps(first))
+    argv = ["rescore.py", str(ckpt), "--external", str(synth_manifest), "--val", str(synth_manifest)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--json-out", str(out), "--reuse"])
+    rescore.main()
+    again = json.loads(out.read_text())[name]
+    assert "val" in again and again["plain"][synth_manifest.stem]["macro_f1"] >= 0.0
