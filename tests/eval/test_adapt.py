@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,16 +87,10 @@ def test_evaluate_adapt_bn_records_it(tiny_run: Path, synth_manifest: Path, tmp_
 
 def test_rescore_script_agrees_with_the_library(tiny_run: Path, synth_manifest: Path) -> None:
     """``benchmarks/rescore.py``: the four variants issue 4 reports, each as evaluate computes it."""
-    import importlib.util
-
     from leukoshift.eval.metrics import resampled_macro_f1, score
     from leukoshift.taxonomy import WBC5, group_of
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "rescore.py"
-    spec = importlib.util.spec_from_file_location("rescore", path)
-    assert spec is not None and spec.loader is not None
-    rescore = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rescore)
+    rescore = load_benchmark("rescore")
     out = rescore.rescore(tiny_run / "best.ckpt", [synth_manifest])
     assert set(out) == {"plain", "within", "adabn", "adabn+within"}
     model = load_classifier(tiny_run / "best.ckpt")
@@ -137,16 +132,19 @@ def test_rescore_reuse_scores_only_what_changed(
     its entry; a rewritten checkpoint, other views or another lab are scored again."""
     rescore = load_benchmark("rescore")
     out = tmp_path / "rescore.json"
-    ckpt = tiny_run / "best.ckpt"
+    # A copy: the test moves the checkpoint's mtime, and tiny_run is shared by the session.
+    name = "run"
+    ckpt = tmp_path / name / "best.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy2(tiny_run / "best.ckpt", ckpt)
 
-    def call(*extra: str) -> dict[str, Any]:
-        argv = ["rescore.py", str(ckpt), "--external", str(synth_manifest), "--test", str(synth_manifest)]
+    def call(*extra: str, split: str = "--test") -> dict[str, Any]:
+        argv = ["rescore.py", str(ckpt), "--external", str(synth_manifest), split, str(synth_manifest)]
         monkeypatch.setattr(sys, "argv", [*argv, "--json-out", str(out), *extra])
         rescore.main()
         return json.loads(out.read_text())
 
     first = call()
-    name = tiny_run.name
     assert first[name]["tta"] is False and "test" in first[name]
     # A sentinel no scoring produces shows whether the entry was kept or recomputed.
     first[name]["plain"][synth_manifest.stem]["macro_f1"] = -1.0
@@ -166,8 +164,5 @@ def test_rescore_reuse_scores_only_what_changed(
     assert call("--reuse")[name]["plain"][synth_manifest.stem]["macro_f1"] == pytest.approx(fresh)
     # An entry without the split asked for is incomplete: scored again.
     out.write_text(json.dumps(first))
-    argv = ["rescore.py", str(ckpt), "--external", str(synth_manifest), "--val", str(synth_manifest)]
-    monkeypatch.setattr(sys, "argv", [*argv, "--json-out", str(out), "--reuse"])
-    rescore.main()
-    again = json.loads(out.read_text())[name]
+    again = call("--reuse", split="--val")[name]
     assert "val" in again and again["plain"][synth_manifest.stem]["macro_f1"] >= 0.0
