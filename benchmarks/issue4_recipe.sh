@@ -11,6 +11,12 @@ mkdir -p "$RES"
 # Each lab's red-cell diameter in px (`leukoshift data ruler`, results/issue4/ruler_scales.txt;
 # BCCD crops show no whole red cells and take their smears'), for ruler framing.
 RULER_SCALES='{pbc: 23.5, cellavision: 70.1, bionet: 56.4, bccd_crops: 91.2, bccd_smears: 91.2, raabin: 54.5}'
+# Ruler framing by each image's own red cells where it shows two, its lab's scale otherwise.
+RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set data.image.ruler_scale=image)
+# The ResNet-18 fine-tunes: with FT and BLUR below, configs/finetune_r18_ruler_cpu.yaml
+# (tests/test_config_files.py pins that the two agree).
+R18=(--set model.backbone=resnet18)
+R18_RULER=("${R18[@]}" "${RULER[@]}" --set augment.normalize=reinhard)
 STAIN=(--set augment.stain.p=0.8 --set augment.stain.sigma=0.2 --set augment.stain.bias=0.05
        --set augment.colour.p=0.8 --set augment.colour.saturation=0.3 --set augment.colour.hue=0.05)
 BLUR=(--set augment.colour.blur_p=0.5 --set 'augment.colour.blur_sigma=[0.1,2.2]')

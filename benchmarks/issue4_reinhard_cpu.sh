@@ -13,7 +13,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/issue4_recipe.sh
 SSL=$OUT/simclr_srcbalcol18/backbone.safetensors
-RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set data.image.ruler_scale=image)
 NORM=(--set augment.normalize=reinhard)
 SEEDS=${SEEDS:-0 1 2}
 

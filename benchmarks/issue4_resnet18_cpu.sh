@@ -25,8 +25,6 @@ SUFFIX=$([ "$NORM" = none ] || echo "_$NORM")
 NAME=r18col18$SUFFIX
 TAG=rulerimg$SUFFIX
 SSL=$OUT/simclr_$NAME/backbone.safetensors
-R18=(--set model.backbone=resnet18)
-RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set data.image.ruler_scale=image)
 ARGS=("${R18[@]}" "${RULER[@]}" --set "augment.normalize=$NORM")
 
 simclr "$NAME" "${R18[@]}" --set simclr.negatives=same_source --set data.source_balance=0.5 \

@@ -16,7 +16,6 @@ source benchmarks/issue4_recipe.sh
 EPOCHS=${EPOCHS:-18}
 NAME=rulerimgcol$EPOCHS
 SSL=$OUT/simclr_$NAME/backbone.safetensors
-RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set data.image.ruler_scale=image)
 
 simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs="$EPOCHS" \
     --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1 "${RULER[@]}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,28 @@ def test_there_are_configs_for_every_kind() -> None:
         "dino_shared_cpu.yaml",
         "simclr_shared_cpu.yaml",
     } <= names
+
+
+def _recipe_overrides(*arrays: str) -> list[str]:
+    """The ``--set`` values of bash arrays defined by benchmarks/issue4_recipe.sh."""
+    root = Path(__file__).resolve().parents[1]
+    words = " ".join(f'"${{{name}[@]}}"' for name in arrays)
+    script = f"source benchmarks/issue4_recipe.sh >/dev/null && printf '%s\\n' {words}"
+    out = subprocess.run(["bash", "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
+    args = out.splitlines()
+    return [value for flag, value in itertools.pairwise(args) if flag == "--set"]
+
+
+def test_resnet18_recipe_config_is_what_the_issue4_scripts_run() -> None:
+    """configs/finetune_r18_ruler_cpu.yaml is the fine-tune the issue-4 ResNet-18 tables
+    compare, which the scripts spell as overrides of finetune_pbc_cpu.yaml: the two must
+    not drift apart, or the config would no longer be the measured recipe."""
+    root = Path(__file__).resolve().parents[1]
+    overrides = _recipe_overrides("FT", "BLUR", "R18_RULER")
+    assert "model.backbone=resnet18" in overrides and "augment.normalize=reinhard" in overrides
+    scripted = load_config(FinetuneConfig, root / "configs/finetune_pbc_cpu.yaml", overrides)
+    shipped = load_config(FinetuneConfig, root / "configs/finetune_r18_ruler_cpu.yaml")
+    # The scripts only silence the progress bar for their logs.
+    assert scripted.model_dump(exclude={"trainer": {"progress"}}) == shipped.model_dump(
+        exclude={"trainer": {"progress"}}
+    )
