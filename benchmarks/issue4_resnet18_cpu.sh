@@ -27,9 +27,7 @@ TAG=rulerimg$SUFFIX
 SSL=$OUT/simclr_$NAME/backbone.safetensors
 ARGS=("${R18[@]}" "${RULER[@]}" --set "augment.normalize=$NORM")
 
-simclr "$NAME" "${R18[@]}" --set simclr.negatives=same_source --set data.source_balance=0.5 \
-    --set trainer.max_epochs=18 --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 \
-    --set augment.colour.saturation=0.1 --set "augment.normalize=$NORM"
+simclr "$NAME" "${SIMCLR_R18[@]}" --set "augment.normalize=$NORM"
 $LS data cache runs/data/{pbc,cellavision,bccd_crops,bionet}.csv --set image.size=64 --set image.preprocess=ruler \
     --set "image.red_cell_px=$RULER_SCALES" --set image.ruler_scale=image
 

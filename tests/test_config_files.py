@@ -66,3 +66,17 @@ def test_resnet18_recipe_config_is_what_the_issue4_scripts_run() -> None:
     assert scripted.model_dump(exclude={"trainer": {"progress"}}) == shipped.model_dump(
         exclude={"trainer": {"progress"}}
     )
+
+
+def test_resnet18_simclr_config_is_what_the_issue4_script_pretrains() -> None:
+    """configs/simclr_r18_ruler_cpu.yaml is the pretraining of
+    benchmarks/issue4_resnet18_rulerssl_cpu.sh, spelled there as overrides of
+    simclr_shared_cpu.yaml; as for the fine-tune, the two must not drift apart."""
+    root = Path(__file__).resolve().parents[1]
+    overrides = [*_recipe_overrides("SIMCLR_R18", "RULER"), "augment.normalize=reinhard"]
+    scripted = load_config(PretrainConfig, root / "configs/simclr_shared_cpu.yaml", overrides)
+    shipped = load_config(PretrainConfig, root / "configs/simclr_r18_ruler_cpu.yaml")
+    assert shipped.model.backbone == "resnet18" and shipped.data.image.preprocess == "ruler"
+    assert scripted.model_dump(exclude={"trainer": {"progress"}}) == shipped.model_dump(
+        exclude={"trainer": {"progress"}}
+    )
