@@ -26,13 +26,8 @@ source benchmarks/issue4_recipe.sh
 NAME=r18rulerimg18_reinhard
 TAG=rulerimg_reinhard
 SSL=$OUT/simclr_$NAME/backbone.safetensors
-R18=(--set model.backbone=resnet18)
-RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SCALES" --set data.image.ruler_scale=image)
-ARGS=("${R18[@]}" "${RULER[@]}" --set augment.normalize=reinhard)
-
-simclr "$NAME" "${R18[@]}" "${RULER[@]}" --set simclr.negatives=same_source --set data.source_balance=0.5 \
-    --set trainer.max_epochs=18 --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 \
-    --set augment.colour.saturation=0.1 --set augment.normalize=reinhard
+# = configs/simclr_r18_ruler_cpu.yaml, then configs/finetune_r18_ruler_cpu.yaml (tests pin both)
+simclr "$NAME" "${SIMCLR_R18[@]}" "${RULER[@]}" --set augment.normalize=reinhard
 $LS data cache runs/data/{pbc,cellavision,bccd_crops,bionet}.csv --set image.size=64 --set image.preprocess=ruler \
     --set "image.red_cell_px=$RULER_SCALES" --set image.ruler_scale=image
 
@@ -49,9 +44,9 @@ for job in "${JOBS[@]}"; do
     if [ "$(jobs -rp | wc -l)" -ge 2 ]; then wait -n; fi
     read -r arm seed <<< "$job"
     if [ "$arm" = ssl ]; then
-        finetune "ft_${NAME}_ft_seed$seed" "$seed" 1 --init "$SSL" "${ARGS[@]}" &
+        finetune "ft_${NAME}_ft_seed$seed" "$seed" 1 --init "$SSL" "${R18_RULER[@]}" &
     else
-        finetune "ft_r18_random_${TAG}_rerun_seed$seed" "$seed" 1 "${ARGS[@]}" &
+        finetune "ft_r18_random_${TAG}_rerun_seed$seed" "$seed" 1 "${R18_RULER[@]}" &
     fi
 done
 wait
