@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,30 +54,36 @@ def _recipe_overrides(*arrays: str) -> list[str]:
     return [value for flag, value in itertools.pairwise(args) if flag == "--set"]
 
 
+def _scripted_and_shipped(
+    schema: type, base: str, overrides: list[str], shipped: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """configs/BASE with a script's overrides beside configs/SHIPPED, both dumped without
+    trainer.progress: the scripts only silence the progress bar for their logs."""
+    root = Path(__file__).resolve().parents[1]
+    exclude = {"trainer": {"progress"}}
+    scripted = load_config(schema, root / "configs" / base, overrides).model_dump(exclude=exclude)
+    return scripted, load_config(schema, root / "configs" / shipped).model_dump(exclude=exclude)
+
+
 def test_resnet18_recipe_config_is_what_the_issue4_scripts_run() -> None:
     """configs/finetune_r18_ruler_cpu.yaml is the fine-tune the issue-4 ResNet-18 tables
     compare, which the scripts spell as overrides of finetune_pbc_cpu.yaml: the two must
     not drift apart, or the config would no longer be the measured recipe."""
-    root = Path(__file__).resolve().parents[1]
     overrides = _recipe_overrides("FT", "BLUR", "R18_RULER")
     assert "model.backbone=resnet18" in overrides and "augment.normalize=reinhard" in overrides
-    scripted = load_config(FinetuneConfig, root / "configs/finetune_pbc_cpu.yaml", overrides)
-    shipped = load_config(FinetuneConfig, root / "configs/finetune_r18_ruler_cpu.yaml")
-    # The scripts only silence the progress bar for their logs.
-    assert scripted.model_dump(exclude={"trainer": {"progress"}}) == shipped.model_dump(
-        exclude={"trainer": {"progress"}}
+    scripted, shipped = _scripted_and_shipped(
+        FinetuneConfig, "finetune_pbc_cpu.yaml", overrides, "finetune_r18_ruler_cpu.yaml"
     )
+    assert scripted == shipped
 
 
 def test_resnet18_simclr_config_is_what_the_issue4_script_pretrains() -> None:
     """configs/simclr_r18_ruler_cpu.yaml is the pretraining of
     benchmarks/issue4_resnet18_rulerssl_cpu.sh, spelled there as overrides of
     simclr_shared_cpu.yaml; as for the fine-tune, the two must not drift apart."""
-    root = Path(__file__).resolve().parents[1]
     overrides = [*_recipe_overrides("SIMCLR_R18", "RULER"), "augment.normalize=reinhard"]
-    scripted = load_config(PretrainConfig, root / "configs/simclr_shared_cpu.yaml", overrides)
-    shipped = load_config(PretrainConfig, root / "configs/simclr_r18_ruler_cpu.yaml")
-    assert shipped.model.backbone == "resnet18" and shipped.data.image.preprocess == "ruler"
-    assert scripted.model_dump(exclude={"trainer": {"progress"}}) == shipped.model_dump(
-        exclude={"trainer": {"progress"}}
+    scripted, shipped = _scripted_and_shipped(
+        PretrainConfig, "simclr_shared_cpu.yaml", overrides, "simclr_r18_ruler_cpu.yaml"
     )
+    assert shipped["model"]["backbone"] == "resnet18" and shipped["data"]["image"]["preprocess"] == "ruler"
+    assert scripted == shipped
