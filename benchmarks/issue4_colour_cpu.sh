@@ -15,8 +15,7 @@ NAME=srcbalcol18
 SSL=$OUT/simclr_$NAME/backbone.safetensors
 W=(--set head_warmup_epochs=3)
 
-simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs=18 \
-    --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1
+simclr "$NAME" "${SIMCLR_COL[@]}" --set trainer.max_epochs=18
 
 for pair in "0 1" "2 3" "4 5"; do
     for seed in $pair; do finetune "ft_${NAME}_lpft_seed$seed" "$seed" 1 --init "$SSL" "${W[@]}" & done

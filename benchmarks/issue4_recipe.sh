@@ -17,14 +17,14 @@ RULER=(--set data.image.preprocess=ruler --set "data.image.red_cell_px=$RULER_SC
 # (tests/test_config_files.py pins that the two agree).
 R18=(--set model.backbone=resnet18)
 R18_RULER=("${R18[@]}" "${RULER[@]}" --set augment.normalize=reinhard)
-# The colour-kept SimCLR of the ResNet-18 tables, as overrides of simclr_shared_cpu.yaml:
-# negatives from the anchor's own lab, small labs drawn more (0.5), 18 epochs, no grayscale,
-# little hue and saturation jitter (granule colour is a cue), HED stain jitter as shipped.
-# The scripts add the stain normalisation and, for ruler crops, RULER; with both,
-# configs/simclr_r18_ruler_cpu.yaml (pinned by the same test).
-SIMCLR_R18=("${R18[@]}" --set simclr.negatives=same_source --set data.source_balance=0.5
-            --set trainer.max_epochs=18 --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02
-            --set augment.colour.saturation=0.1)
+# The colour-kept SimCLR, as overrides of simclr_shared_cpu.yaml: negatives from the
+# anchor's own lab, small labs drawn more (0.5), no grayscale, little hue and saturation
+# jitter (granule colour is a cue), HED stain jitter as shipped; the scripts add the epochs.
+SIMCLR_COL=(--set simclr.negatives=same_source --set data.source_balance=0.5 --set multicrop.grayscale_p=0
+            --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1)
+# Its ResNet-18 run, 18 epochs. The scripts add the stain normalisation and, for ruler
+# crops, RULER; with both, configs/simclr_r18_ruler_cpu.yaml (pinned by the same test).
+SIMCLR_R18=("${R18[@]}" "${SIMCLR_COL[@]}" --set trainer.max_epochs=18)
 STAIN=(--set augment.stain.p=0.8 --set augment.stain.sigma=0.2 --set augment.stain.bias=0.05
        --set augment.colour.p=0.8 --set augment.colour.saturation=0.3 --set augment.colour.hue=0.05)
 BLUR=(--set augment.colour.blur_p=0.5 --set 'augment.colour.blur_sigma=[0.1,2.2]')

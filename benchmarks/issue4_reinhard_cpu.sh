@@ -24,8 +24,7 @@ random_arm() {
     for seed in $SEEDS; do finetune "ft_random_rulerimg_reinhard_seed$seed" "$seed" 1 "${RULER[@]}" "${NORM[@]}"; done
 }
 ssl_arm() {
-    simclr srcbalcol18 --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs=18 \
-        --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1
+    simclr srcbalcol18 "${SIMCLR_COL[@]}" --set trainer.max_epochs=18
     for seed in $SEEDS; do
         finetune "ft_srcbalcol18_lpft_rulerimg_reinhard_seed$seed" "$seed" 1 --init "$SSL" --set head_warmup_epochs=3 \
             "${RULER[@]}" "${NORM[@]}"

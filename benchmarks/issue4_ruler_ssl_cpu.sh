@@ -17,8 +17,7 @@ EPOCHS=${EPOCHS:-18}
 NAME=rulerimgcol$EPOCHS
 SSL=$OUT/simclr_$NAME/backbone.safetensors
 
-simclr "$NAME" --set simclr.negatives=same_source --set data.source_balance=0.5 --set trainer.max_epochs="$EPOCHS" \
-    --set multicrop.grayscale_p=0 --set augment.colour.hue=0.02 --set augment.colour.saturation=0.1 "${RULER[@]}"
+simclr "$NAME" "${SIMCLR_COL[@]}" --set trainer.max_epochs="$EPOCHS" "${RULER[@]}"
 
 set -- ${SEEDS:-0 1 2 3 4 5}
 while [ $# -gt 0 ]; do
